@@ -1,0 +1,3 @@
+from camlabel.cli.main import main
+
+main()

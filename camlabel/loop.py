@@ -1,0 +1,341 @@
+"""The labeling loop's backend-independent steps: push-jobs, pull-masks, status.
+
+Nothing here knows which backend it talks to: it builds :class:`PushItem` from ledger
+records, hands them to ``Backend.push`` and commits the returned job ids after each chunk;
+``Backend.pull`` returns annotations with masks at the original resolution, and this module
+writes one raster per annotation, merges them by the consensus rule, writes the mask
+atomically (a new version only when it changed), and records provenance and effort
+telemetry in the ledger. The pull cursor is saved only after the ledger commit, so an
+interrupted pull is simply redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camlabel import consensus
+from camlabel.backends.base import PullReport, PushItem, PushReport, TaskOutcome, get_backend
+from camlabel.errors import AnnotationError, UsageError
+from camlabel.ledger import atomic_write_text
+from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo
+from camlabel.workspace import Workspace
+
+
+# --------------------------------------------------------------------------- push
+def push_jobs(
+    ws: Workspace,
+    backend: str = "labelstudio",
+    *,
+    options: Mapping[str, Any] | None = None,
+    include_all: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> PushReport:
+    """Publish images that have a pre-annotation (or all registered images with ``include_all``).
+
+    Job ids are committed to the ledger after every chunk the backend confirms; the backend
+    itself skips images already present on its side, so a re-run after any interruption
+    publishes nothing twice.
+    """
+    be = get_backend(backend, ws, **dict(options or {}))
+    items = [
+        _push_item(ws, rec, backend)
+        for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id)
+        if include_all or rec.preannotation is not None
+    ]
+    if not items:
+        raise UsageError(
+            "nothing to push: no image in the ledger has a pre-annotation",
+            hint="run camlabel gradcam MODEL IMAGES -w WS first, or pass --all to push empty tasks",
+        )
+
+    def on_pushed(jobs: Mapping[str, JobRef]) -> None:
+        if dry_run:
+            return
+        with ws.ledger.transaction() as txn:
+            for image_id, job in jobs.items():
+                rec = txn.get(image_id)
+                if rec is not None and rec.jobs.get(backend) != job:
+                    txn.put(rec.with_job(job))
+
+    report = be.push(items, dry_run=dry_run, progress=progress, on_pushed=on_pushed)
+    if not dry_run:
+        on_pushed({**report.already_present, **report.pushed})
+    ws.record_run(
+        "push-jobs",
+        {"backend": backend, "include_all": include_all, "dry_run": dry_run, **be.describe()},
+        result={
+            "project": report.project,
+            "pushed": len(report.pushed),
+            "already_present": len(report.already_present),
+            "failures": len(report.failures),
+        },
+    )
+    return report
+
+
+def _push_item(ws: Workspace, rec: ImageRecord, backend: str) -> PushItem:
+    pred = rec.prediction
+    return PushItem(
+        image_id=rec.image_id,
+        width=rec.width,
+        height=rec.height,
+        display_png=ws.abs(rec.display_path),
+        preannotation=rec.preannotation,
+        predicted_class=pred.predicted_class if pred else None,
+        probability=pred.probability if pred else None,
+        existing=rec.jobs.get(backend),
+    )
+
+
+# --------------------------------------------------------------------------- pull
+@dataclass
+class PullSummary:
+    """What one pull did (also printed by the CLI and recorded in runs.jsonl)."""
+
+    backend: str
+    tasks: int = 0
+    new_annotations: int = 0
+    masks_written: int = 0
+    masks_unchanged: int = 0
+    waiting_for_annotations: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    unannotated: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "tasks": self.tasks,
+            "new_annotations": self.new_annotations,
+            "masks_written": self.masks_written,
+            "masks_unchanged": self.masks_unchanged,
+            "waiting_for_annotations": len(self.waiting_for_annotations),
+            "skipped": len(self.skipped),
+            "unannotated": len(self.unannotated),
+            "failed": [{"item": i, "reason": r} for i, r in self.failed],
+        }
+
+
+def cursor_path(ws: Workspace, backend: str) -> Path:
+    return ws.dir("exports") / f"{backend}-cursor.json"
+
+
+def pull_masks(
+    ws: Workspace,
+    backend: str = "labelstudio",
+    *,
+    options: Mapping[str, Any] | None = None,
+    consensus_rule: str | None = None,
+    min_annotations: int | None = None,
+    full: bool = False,
+    progress: bool = True,
+) -> PullSummary:
+    """Fetch new/updated annotations, write masks and provenance. Safe to interrupt and re-run."""
+    rule = consensus_rule or ws.config["consensus"]["rule"]
+    k = int(min_annotations if min_annotations is not None else ws.config["consensus"]["min_annotations"])
+    if rule not in consensus.RULES:
+        consensus.merge([np.zeros((1, 1), bool)], rule)  # raises the listing error
+    if k < 1:
+        raise UsageError(f"--min-annotations must be >= 1. Received: {k}")
+    jobs = {r.image_id: r.jobs[backend] for r in ws.ledger.all() if backend in r.jobs}
+    summary = PullSummary(backend=backend)
+    if not jobs:
+        raise UsageError(
+            f"nothing to pull: no image in the ledger was pushed to {backend}",
+            hint=f"run camlabel push-jobs --backend {backend} -w {ws.root} first",
+        )
+    be = get_backend(backend, ws, **dict(options or {}))
+    cpath = cursor_path(ws, backend)
+    cursor = None if full or not cpath.exists() else json.loads(cpath.read_text())
+    report: PullReport = be.pull(jobs, cursor=cursor, progress=progress)
+    summary.tasks = len(report.outcomes)
+    summary.failed.extend(report.failures)
+
+    with ws.ledger.transaction() as txn:
+        for outcome in report.outcomes:
+            rec = txn.get(outcome.image_id)
+            if rec is None:
+                summary.failed.append((outcome.image_id, "not in the ledger (pushed from another workspace?)"))
+                continue
+            try:
+                new_rec = _apply_outcome(ws, rec, outcome, rule, k, summary)
+            except AnnotationError as exc:
+                summary.failed.append((f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message))
+                continue
+            if new_rec is not rec:
+                txn.put(new_rec)
+    # Only now that the ledger holds everything is the cursor advanced.
+    atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
+    if any(r.mask is not None and r.mask.consensus != rule for r in ws.ledger.all()):
+        _remerge_all(ws, rule, k, summary)
+    ws.record_run(
+        "pull-masks",
+        {"backend": backend, "consensus": rule, "min_annotations": k, "full": full, **be.describe()},
+        result=summary.to_json(),
+    )
+    return summary
+
+
+def _apply_outcome(
+    ws: Workspace, rec: ImageRecord, outcome: TaskOutcome, rule: str, k: int, summary: PullSummary
+) -> ImageRecord:
+    from camlabel.imaging import write_png_atomic
+
+    if outcome.status == "failed":
+        summary.failed.append((rec.image_id[:12], outcome.message or "failed on the backend"))
+        return rec
+    if outcome.status == "unannotated":
+        summary.unannotated.append(rec.image_id)
+        return rec
+    new_anns: list[Annotation] = []
+    for res in outcome.annotations:
+        ann = res.annotation
+        old = next(
+            (a for a in rec.annotations if (a.backend, a.annotation_id) == (ann.backend, ann.annotation_id)),
+            None,
+        )
+        if old is not None and old.updated_at == ann.updated_at and old.raster_path:
+            continue  # unchanged since the last pull
+        if res.mask is not None:
+            if res.mask.shape != (rec.height, rec.width):
+                raise AnnotationError(
+                    f"annotation {ann.annotation_id} of image {rec.image_id[:12]} is "
+                    f"{res.mask.shape[1]}x{res.mask.shape[0]} px but the image is {rec.width}x{rec.height}",
+                    hint="the task was annotated on a different image; re-push the image",
+                )
+            raster = ws.dir("annotations") / rec.image_id / f"{ann.backend}-{_safe(ann.annotation_id)}.png"
+            write_png_atomic(raster, res.mask)
+            ann = _replace(ann, raster_path=ws.rel(raster))
+        new_anns.append(ann)
+    summary.new_annotations += len(new_anns)
+    if new_anns:
+        rec = rec.with_annotations(new_anns)
+    if outcome.status == "skipped" and not any(a.status == "submitted" for a in rec.annotations):
+        summary.skipped.append(rec.image_id)
+        return rec
+    return _remerge(ws, rec, rule, k, summary)
+
+
+def _remerge(ws: Workspace, rec: ImageRecord, rule: str, k: int, summary: PullSummary) -> ImageRecord:
+    """Recompute the consensus mask of one record; write a new version only if it changed."""
+    from camlabel.imaging import read_mask_png, write_png_atomic
+
+    submitted = [a for a in rec.annotations if a.status == "submitted" and a.raster_path]
+    if len(submitted) < k:
+        summary.waiting_for_annotations.append(rec.image_id)
+        return rec
+    masks = [read_mask_png(ws.abs(a.raster_path)) for a in submitted if a.raster_path]
+    merged = consensus.merge(masks, rule, [a.updated_at for a in submitted])
+    png = (merged.astype(np.uint8) * 255).tobytes()
+    sha = hashlib.sha256(f"{merged.shape[0]}x{merged.shape[1]}:".encode() + png).hexdigest()
+    ann_ids = tuple(sorted(f"{a.backend}:{a.annotation_id}" for a in submitted))
+    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule:
+        if rec.mask.annotation_ids != ann_ids:
+            rec = rec.evolve(mask=_replace(rec.mask, annotation_ids=ann_ids))
+        summary.masks_unchanged += 1
+        return rec
+    version = 1 if rec.mask is None else rec.mask.version + 1
+    path = ws.dir("masks") / f"{rec.image_id}-v{version}.png"
+    write_png_atomic(path, merged)
+    pre_iou = None
+    if rec.preannotation is not None:
+        pre_iou = consensus.iou(preannotation_mask(rec), merged)
+    mask = MaskInfo(
+        path=ws.rel(path),
+        version=version,
+        annotation_ids=ann_ids,
+        consensus=rule,
+        sha256=sha,
+        agreement_dice=consensus.pairwise_dice(masks),
+        preannotation_iou=pre_iou,
+        area_px=int(merged.sum()),
+    )
+    summary.masks_written += 1
+    return rec.evolve(mask=mask)
+
+
+def _remerge_all(ws: Workspace, rule: str, k: int, summary: PullSummary) -> None:
+    with ws.ledger.transaction() as txn:
+        for rec in txn.all():
+            if rec.mask is not None or any(a.status == "submitted" for a in rec.annotations):
+                new = _remerge(ws, rec, rule, k, summary)
+                if new is not rec:
+                    txn.put(new)
+
+
+def preannotation_mask(rec: ImageRecord) -> np.ndarray:
+    """The pre-annotation polygons rasterized at the original resolution."""
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+
+    polys = [PolygonPx.from_json(p) for p in (rec.preannotation.polygons if rec.preannotation else ())]
+    return polygons_to_mask(polys, rec.height, rec.width)
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
+
+
+# --------------------------------------------------------------------------- status
+def workspace_status(ws: Workspace) -> dict[str, Any]:
+    """Counts per state and backend, mask agreement and effort telemetry (JSON-ready)."""
+    recs = ws.ledger.all()
+    states = {s: 0 for s in ("registered", "preannotated", "pushed", "skipped", "annotated", "masked")}
+    for r in recs:
+        states[r.state] += 1
+    backends: dict[str, dict[str, int]] = {}
+    for r in recs:
+        for name in r.jobs:
+            b = backends.setdefault(name, {"tasks": 0, "annotated": 0, "skipped": 0})
+            b["tasks"] += 1
+            anns = [a for a in r.annotations if a.backend == name]
+            if any(a.status == "submitted" for a in anns):
+                b["annotated"] += 1
+            elif anns:
+                b["skipped"] += 1
+    submitted = [a for r in recs for a in r.annotations if a.status == "submitted"]
+    accepted = [a.accepted_unchanged for a in submitted if a.accepted_unchanged is not None]
+    lead = [a.lead_time_s for a in submitted if a.lead_time_s is not None]
+    masks = [r.mask for r in recs if r.mask is not None]
+    pre_iou = [m.preannotation_iou for m in masks if m.preannotation_iou is not None]
+    agree = [m.agreement_dice for m in masks if m.agreement_dice is not None]
+    return {
+        "workspace": str(ws.root),
+        "images": len(recs),
+        "states": states,
+        "labels": _count(r.label for r in recs),
+        "backends": backends,
+        "effort": {
+            "annotated": len(submitted),
+            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
+            "preannotation_iou_mean": statistics.fmean(pre_iou) if pre_iou else None,
+            "lead_time_s_median": statistics.median(lead) if lead else None,
+        },
+        "masks": {
+            "count": len(masks),
+            "agreement_dice_mean": statistics.fmean(agree) if agree else None,
+            "multi_annotator": len(agree),
+        },
+    }
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        key = "unknown" if v is None else str(v)
+        out[key] = out.get(key, 0) + 1
+    return out
