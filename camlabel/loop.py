@@ -45,7 +45,6 @@ def push_jobs(
     itself skips images already present on its side, so a re-run after any interruption
     publishes nothing twice.
     """
-    be = get_backend(backend, ws, **dict(options or {}))
     items = [
         _push_item(ws, rec, backend)
         for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id)
@@ -56,6 +55,7 @@ def push_jobs(
             "nothing to push: no image in the ledger has a pre-annotation",
             hint="run camlabel gradcam MODEL IMAGES -w WS first, or pass --all to push empty tasks",
         )
+    be = get_backend(backend, ws, **dict(options or {}))
 
     def on_pushed(jobs: Mapping[str, JobRef]) -> None:
         if dry_run:
