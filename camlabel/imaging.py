@@ -223,9 +223,8 @@ def _walk(root: Path, *, recursive: bool) -> Iterable[Path]:
                 continue
             candidate = Path(folder) / name
             suffix = candidate.suffix.lower()
-            if suffix in IMAGE_SUFFIXES:
-                yield candidate
-            elif (suffix == "" or suffix[1:].isdigit()) and _has_dicom_magic(candidate):
+            maybe_dicom = suffix == "" or suffix[1:].isdigit()
+            if suffix in IMAGE_SUFFIXES or (maybe_dicom and _has_dicom_magic(candidate)):
                 yield candidate
 
 
