@@ -461,8 +461,24 @@ def _check_decoder(ds: Any, path: Path) -> None:
         raise ImageReadError(
             f"Cannot read image '{path}': DICOM transfer syntax {ts.name} ({ts}) needs a "
             f"decoder plugin that is not installed ({missing})",
-            hint="pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg  (or: pip install python-gdcm)",
+            hint=_install_hint(decoder.missing_dependencies),
         )
+
+
+def _install_hint(missing: list[str]) -> str:
+    """Turn pydicom's "plugin - requires a>=1 and b>=2" lines into pip commands."""
+    commands = []
+    for line in missing:
+        plugin, _, requires = line.partition(" - requires ")
+        if plugin.strip() == "gdcm":
+            commands.append("pip install python-gdcm")  # the PyPI name differs from the module
+            continue
+        packages = [req.strip() for req in requires.split(" and ") if req.strip() != "numpy"]
+        if packages:
+            commands.append("pip install " + " ".join(f"'{pkg}'" for pkg in packages))
+    if not commands:
+        return "install a pydicom pixel-data plugin (pylibjpeg or python-gdcm)"
+    return "install one of the decoders: " + "  |  ".join(commands)
 
 
 def _dicom_grayscale(raw: np.ndarray, ds: Any) -> np.ndarray:

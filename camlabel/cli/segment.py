@@ -2,23 +2,186 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import click
 
-from camlabel.cli.common import not_implemented
+from camlabel.cli.common import echo_json, info, json_option, open_workspace, print_failures, show_progress, workspace_option
 
 
-@click.command("train-seg", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train_seg(args: tuple[str, ...]) -> None:
-    """Train the FC-DenseNet103 segmenter on pulled masks (not implemented yet)."""
-    not_implemented("train-seg", 6)
+@click.command("train-seg")
+@workspace_option
+@click.option("--on", "on", type=click.Choice(["local", "sagemaker"]), default="local", show_default=True, help="Where to train: this machine (GPU if visible, else CPU) or a SageMaker training job.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Epochs (the paper: 40).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=30, show_default=True, help="Batch size (the paper: 30).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate (the paper: 1e-4).")
+@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Letterbox side in pixels [workspace seg_image_size, 256].")
+@click.option("--arch", default="fc-densenet103", show_default=True, help="Tiramisu size: fc-densenet103, fc-densenet67, fc-densenet56, tiny.")
+@click.option("--min-masks", type=click.IntRange(min=1), default=20, show_default=True, help="Refuse to train on fewer masked images.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of patients held out for validation.")
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True, help="Early stopping patience (epochs).")
+@click.option("--seed", type=int, default=None, help="Split/augmentation/weights seed [workspace seed].")
+@click.option("--bucket", default=None, help="(sagemaker) S3 bucket [groundtruth.bucket].")
+@click.option("--prefix", default=None, help="(sagemaker) S3 key prefix [groundtruth.prefix].")
+@click.option("--role-arn", default=None, help="(sagemaker) execution role ARN [groundtruth.role_arn].")
+@click.option("--instance-type", default="ml.g5.xlarge", show_default=True, help="(sagemaker) training instance.")
+@click.option("--region", default=None, help="(sagemaker) AWS region [groundtruth.region].")
+@click.option("--dry-run", is_flag=True, help="(sagemaker) export the data and print the job plan; nothing is uploaded.")
+@json_option
+def train_seg(
+    workspace: Path,
+    on: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    image_size: int | None,
+    arch: str,
+    min_masks: int,
+    val_fraction: float,
+    patience: int,
+    seed: int | None,
+    bucket: str | None,
+    prefix: str | None,
+    role_arn: str | None,
+    instance_type: str,
+    region: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Train the FC-DenseNet103 segmenter on the masks pulled into the ledger.
+
+    Uses every image that has a consensus mask (see pull-masks), with a patient-grouped
+    train/validation split. The model lands in WS/models/seg-<run>/ with segmenter.json,
+    which records the mask version of every image it was trained on.
+
+    \b
+    Examples:
+      camlabel train-seg -w ws
+      camlabel train-seg -w ws --on sagemaker --bucket my-bucket \\
+          --role-arn arn:aws:iam::123456789012:role/SageMakerRole
+    """
+    from camlabel.errors import UsageError
+    from camlabel.models.tiramisu import ARCHITECTURES
+    from camlabel.segment import train_segmenter
+    from camlabel.workspace import env_setting
+
+    if arch not in ARCHITECTURES:
+        raise UsageError(
+            f"unknown --arch; supported: {sorted(ARCHITECTURES)}. Received: --arch {arch}",
+        )
+    if dry_run and on != "sagemaker":
+        raise UsageError("--dry-run only applies to --on sagemaker. Received: --on local")
+    ws = open_workspace(workspace)
+    sm_settings = None
+    if on == "sagemaker":
+        from camlabel.train.sagemaker import SageMakerSettings
+
+        gt = ws.config.get("groundtruth", {})
+        sm_settings = SageMakerSettings(
+            bucket=env_setting("seg_bucket", bucket, gt.get("bucket")),
+            role_arn=env_setting("seg_role_arn", role_arn, gt.get("role_arn")),
+            prefix=env_setting("seg_prefix", prefix, gt.get("prefix")) or "camlabel",
+            region=env_setting("seg_region", region, gt.get("region")),
+            instance_type=instance_type,
+        )
+        sm_settings.check()
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "device":
+            info(f"training on {event['device']} (mixed precision: {'on' if event['mixed_precision'] else 'off'})")
+        elif kind == "data":
+            info(f"{event['train']} training / {event['val']} validation image(s) at {event['image_size']} px ({event['split']} split)")
+        elif kind == "status":
+            info(f"SageMaker job: {event['status']} ({event['secondary']})")
+
+    res = train_segmenter(
+        ws,
+        on=on,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        image_size=image_size,
+        min_masks=min_masks,
+        val_fraction=val_fraction,
+        seed=seed,
+        patience=patience,
+        model_overrides={"arch": arch},
+        sagemaker=sm_settings,
+        dry_run=dry_run,
+        progress=show_progress(),
+        on_event=on_event,
+    )
+    if as_json:
+        echo_json(
+            {
+                "run_id": res.run_id,
+                "model_dir": str(res.model_dir),
+                "export_dir": str(res.export_dir),
+                "images": len(res.mask_versions),
+                "metrics": res.metrics,
+                "job": res.job,
+                "plan": res.plan,
+            }
+        )
+        return
+    if res.plan is not None:
+        click.echo(f"dry run: exported {len(res.mask_versions)} pair(s) to {res.export_dir}; the job would be:")
+        echo_json(res.plan)
+        return
+    m = res.metrics
+    dice, iou = m.get("val_dice"), m.get("val_iou")
+    shown = "n/a" if dice is None else f"{dice:.3f}"
+    click.echo(
+        f"trained {res.run_id} on {len(res.mask_versions)} mask(s): validation Dice {shown}"
+        + ("" if iou is None else f", IoU {iou:.3f}")
+        + f"\nmodel: {res.model_dir}"
+    )
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def predict(args: tuple[str, ...]) -> None:
-    """Classify, segment lesion images and overlay the mask (not implemented yet)."""
-    not_implemented("predict", 6)
+@click.command()
+@click.option("--classifier", "-c", "classifier", required=True, type=click.Path(exists=True, path_type=Path), help="Trained classifier (.keras or its model folder).")
+@click.option("--segmenter", "-s", "segmenter", required=True, type=click.Path(exists=True, path_type=Path), help="Trained segmenter (model folder from train-seg, or .keras).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Mask probability threshold [the segmenter's, 0.5].")
+@json_option
+def predict(
+    classifier: Path,
+    segmenter: Path,
+    images: tuple[Path, ...],
+    out: Path,
+    batch_size: int,
+    threshold: float | None,
+    as_json: bool,
+) -> None:
+    """Classify images; segment and overlay the lesions of COVID-19 / pneumonia ones.
+
+    IMAGES are files or folders (PNG, JPEG, TIFF, DICOM). Per image, OUT gets
+    <stem>.overlay.png (class and probability banner, mask outlined), <stem>.mask.png
+    (lesion classes only) and <stem>.json.
+
+    \b
+    Example:
+      camlabel predict -c ws/models/cls-1/model.keras -s ws/models/seg-1 scans/ -o out/
+    """
+    from camlabel.segment import predict as run_predict
+
+    res = run_predict(
+        classifier, segmenter, list(images), out, batch_size=batch_size, threshold=threshold, progress=show_progress()
+    )
+    if as_json:
+        echo_json({"items": res.items, "failures": [list(f) for f in res.failures]})
+    else:
+        n_seg = sum(1 for it in res.items if it["segmented"])
+        click.echo(f"predicted {len(res.items)} image(s) ({n_seg} segmented) into {res.out_dir}")
+    if res.failures and not res.items:
+        from camlabel.errors import BatchError
+
+        raise BatchError("no image could be read", res.failures, hint="camlabel reads PNG, JPEG, TIFF and DICOM")
+    print_failures(res.failures, "image")
 
 
 COMMANDS = [train_seg, predict]

@@ -33,6 +33,27 @@ FC_DENSENET103: dict[str, Any] = {
     "dropout": 0.2,
 }
 
+# Named sizes. A new one is one line here; the up path mirrors the down path.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "fc-densenet103": FC_DENSENET103,
+    # The paper's two smaller models.
+    "fc-densenet67": {"growth_rate": 16, "initial_filters": 48, "down_blocks": (5,) * 5, "bottleneck_layers": 5},
+    "fc-densenet56": {"growth_rate": 12, "initial_filters": 48, "down_blocks": (4,) * 5, "bottleneck_layers": 4},
+    # For tests and CPU demos only (about 0.01 M parameters).
+    "tiny": {"growth_rate": 4, "initial_filters": 8, "down_blocks": (2, 2), "bottleneck_layers": 2},
+}
+
+
+def architecture(name: str) -> dict[str, Any]:
+    """The Tiramisu arguments of a named size (see :data:`ARCHITECTURES`)."""
+    try:
+        return dict(ARCHITECTURES[name])
+    except KeyError:
+        raise ValueError(
+            f"Unknown Tiramisu architecture {name!r}; supported: {sorted(ARCHITECTURES)}. "
+            f"Received: arch={name!r}"
+        ) from None
+
 
 @keras.saving.register_keras_serializable(package="camlabel")
 class PadToMultiple(layers.Layer):
@@ -74,8 +95,8 @@ class CropToReference(layers.Layer):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
 
 
-def _bn_relu_conv(x: Any, filters: int, kernel: int, dropout: float, name: str) -> Any:
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+def _bn_relu_conv(x: Any, filters: int, kernel: int, dropout: float, momentum: float, name: str) -> Any:
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(
         filters, kernel, padding="same", kernel_initializer="he_uniform", name=f"{name}_conv"
@@ -85,11 +106,13 @@ def _bn_relu_conv(x: Any, filters: int, kernel: int, dropout: float, name: str) 
     return x
 
 
-def _dense_block(x: Any, n_layers: int, growth: int, dropout: float, name: str) -> tuple[Any, Any]:
+def _dense_block(
+    x: Any, n_layers: int, growth: int, dropout: float, momentum: float, name: str
+) -> tuple[Any, Any]:
     """Returns (input + all new features, the new features only)."""
     new = []
     for i in range(n_layers):
-        f = _bn_relu_conv(x, growth, 3, dropout, f"{name}_l{i}")
+        f = _bn_relu_conv(x, growth, 3, dropout, momentum, f"{name}_l{i}")
         new.append(f)
         x = layers.Concatenate(name=f"{name}_cat{i}")([x, f])
     only_new = new[0] if len(new) == 1 else layers.Concatenate(name=f"{name}_new")(new)
@@ -118,6 +141,9 @@ class Tiramisu(keras.Model):
         bottleneck_layers: layers in the bottleneck dense block.
         up_blocks: layers per dense block on the up path; defaults to ``down_blocks`` reversed.
         dropout: dropout rate after every convolution (0 turns it off).
+        bn_momentum: BatchNormalization moving-average momentum. 0.9 as in the original
+            (Lasagne) implementation; Keras's 0.99 leaves the inference statistics far from
+            the data after the few hundred steps a small mask set gives.
         image_size: fix the input to ``image_size x image_size``; ``None`` accepts any size.
         output_dtype: dtype of the last layer; float32 keeps probabilities stable under
             mixed precision.
@@ -134,6 +160,7 @@ class Tiramisu(keras.Model):
         bottleneck_layers: int = 15,
         up_blocks: Sequence[int] | None = None,
         dropout: float = 0.2,
+        bn_momentum: float = 0.9,
         image_size: int | None = None,
         output_dtype: str = "float32",
         **kwargs: Any,
@@ -147,6 +174,8 @@ class Tiramisu(keras.Model):
             )
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        if not 0.0 <= float(bn_momentum) < 1.0:
+            raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum}")
         for arg, val in (
             ("input_channels", input_channels),
             ("num_classes", num_classes),
@@ -166,12 +195,14 @@ class Tiramisu(keras.Model):
         n_filters = int(initial_filters)
         skips = []
         for i, n in enumerate(down):
-            x, _ = _dense_block(x, n, growth_rate, dropout, f"down{i}")
+            x, _ = _dense_block(x, n, growth_rate, dropout, bn_momentum, f"down{i}")
             n_filters += n * growth_rate
             skips.append(x)
-            x = _bn_relu_conv(x, n_filters, 1, dropout, f"td{i}")
+            x = _bn_relu_conv(x, n_filters, 1, dropout, bn_momentum, f"td{i}")
             x = layers.MaxPooling2D(2, name=f"td{i}_pool")(x)
-        x, to_upsample = _dense_block(x, int(bottleneck_layers), growth_rate, dropout, "bottleneck")
+        x, to_upsample = _dense_block(
+            x, int(bottleneck_layers), growth_rate, dropout, bn_momentum, "bottleneck"
+        )
         keep = int(bottleneck_layers) * growth_rate
         for i, n in enumerate(up):
             x = layers.Conv2DTranspose(
@@ -183,7 +214,7 @@ class Tiramisu(keras.Model):
                 name=f"tu{i}_deconv",
             )(to_upsample)
             x = layers.Concatenate(name=f"tu{i}_cat")([x, skips[-1 - i]])
-            x, to_upsample = _dense_block(x, n, growth_rate, dropout, f"up{i}")
+            x, to_upsample = _dense_block(x, n, growth_rate, dropout, bn_momentum, f"up{i}")
             keep = n * growth_rate
         activation = "sigmoid" if int(num_classes) == 1 else "softmax"
         x = layers.Conv2D(int(num_classes), 1, name="head_conv", dtype=output_dtype)(x)
@@ -199,6 +230,7 @@ class Tiramisu(keras.Model):
         self.bottleneck_layers = int(bottleneck_layers)
         self.up_blocks = up
         self.dropout = float(dropout)
+        self.bn_momentum = float(bn_momentum)
         self.image_size = side
         self.output_dtype = output_dtype
         self.pad_multiple = 2 ** len(down)
@@ -215,6 +247,7 @@ class Tiramisu(keras.Model):
             "bottleneck_layers": self.bottleneck_layers,
             "up_blocks": list(self.up_blocks),
             "dropout": self.dropout,
+            "bn_momentum": self.bn_momentum,
             "image_size": self.image_size,
             "output_dtype": self.output_dtype,
         }

@@ -1,0 +1,461 @@
+"""Lesion segmentation: train the FC-DenseNet103 on the ledger's masks; the paper's inference.
+
+Training (:func:`train_segmenter`) takes every ledger image that has a consensus mask, exports
+the pairs to ``WS/exports/seg-<run>/`` (the layout of camlabel/models/seg_data.py, with a
+patient-grouped train/val split written into index.csv), runs training/train_seg.py locally
+(a child process) or as a SageMaker training job, and leaves the model in
+``WS/models/seg-<run>/`` with ``segmenter.json``: which mask version of which image it was
+trained on. The same provenance goes to the run log (``runs.jsonl``, kind ``train-seg``).
+
+Inference (:func:`predict`): classify each image; if the predicted class is a lesion class,
+segment it and superimpose the mask. :func:`segment_probability` gives the raw probability
+maps (original resolution) for other callers, e.g. pre-annotations from a segmenter.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import secrets
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from camlabel.errors import CamlabelError, ModelError
+
+if TYPE_CHECKING:
+    from camlabel.imaging import LoadedImage
+    from camlabel.train.sagemaker import SageMakerSettings
+    from camlabel.workspace import Workspace
+
+SIDECAR = "segmenter.json"
+MODEL_FILE = "model.keras"
+DEFAULT_MIN_MASKS = 20
+PAPER_EPOCHS, PAPER_BATCH, PAPER_LR = 40, 30, 1e-4
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class SegTrainResult:
+    """What :func:`train_segmenter` produced."""
+
+    run_id: str
+    model_dir: Path
+    export_dir: Path
+    metrics: dict[str, Any]
+    mask_versions: dict[str, int]
+    on: str
+    job: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+
+
+def new_run_id() -> str:
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"seg-{now}-{secrets.token_hex(2)}"
+
+
+def masked_records(ws: Workspace) -> list[Any]:
+    """Ledger records whose consensus mask file exists (sorted by image id)."""
+    out = []
+    for rec in ws.ledger.all():
+        if rec.mask is not None and ws.abs(rec.mask.path).is_file() and ws.abs(rec.display_path).is_file():
+            out.append(rec)
+    return sorted(out, key=lambda r: r.image_id)
+
+
+def export_pairs(
+    ws: Workspace, run_id: str, records: Sequence[Any], *, val_fraction: float, seed: int
+) -> tuple[Path, dict[str, int]]:
+    """Write ``WS/exports/<run_id>/`` (index.csv, images/, masks/); returns (dir, mask versions).
+
+    The split is patient-grouped (images without a patient id form their own group) and
+    stratified by label, so no patient is on both sides.
+    """
+    from camlabel.models.data import grouped_stratified_split
+    from camlabel.models.seg_data import IndexRow, write_index
+
+    out = ws.dir("exports") / run_id
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    labels = [r.label or "unlabeled" for r in records]
+    groups = [r.patient_id or r.image_id for r in records]
+    if val_fraction > 0 and len(set(groups)) >= 2:
+        _, val_idx = grouped_stratified_split(labels, groups, val_fraction, seed)
+        val = {int(i) for i in val_idx}
+    else:
+        val = set()
+    rows = []
+    versions: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        assert rec.mask is not None
+        shutil.copyfile(ws.abs(rec.display_path), out / "images" / f"{rec.image_id}.png")
+        shutil.copyfile(ws.abs(rec.mask.path), out / "masks" / f"{rec.image_id}.png")
+        versions[rec.image_id] = int(rec.mask.version)
+        rows.append(
+            IndexRow(
+                id=rec.image_id,
+                patient_id=rec.patient_id or rec.image_id,
+                split="val" if i in val else "train",
+                label=rec.label or "",
+                mask_version=str(rec.mask.version),
+            )
+        )
+    write_index(out, rows)
+    return out, versions
+
+
+def train_segmenter(
+    ws: Workspace,
+    *,
+    on: str = "local",
+    epochs: int = PAPER_EPOCHS,
+    batch_size: int = PAPER_BATCH,
+    lr: float = PAPER_LR,
+    image_size: int | None = None,
+    min_masks: int = DEFAULT_MIN_MASKS,
+    val_fraction: float = 0.2,
+    seed: int | None = None,
+    patience: int = 10,
+    model_overrides: Mapping[str, Any] | None = None,
+    sagemaker: SageMakerSettings | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> SegTrainResult:
+    """Train the segmenter on every masked image of the workspace.
+
+    Args:
+        on: ``"local"`` (this machine: a GPU when one is visible, else the CPU) or
+            ``"sagemaker"`` (needs ``sagemaker`` settings and the SDK extra).
+        epochs, batch_size, lr: the paper's 40 / 30 / 1e-4 by default.
+        image_size: letterbox side; default the workspace's ``seg_image_size``.
+        min_masks: refuse to train on fewer masked images.
+        model_overrides: Tiramisu sizes passed as hyperparameters, e.g.
+            ``{"growth-rate": 4, "down-blocks": "2,2"}`` for a tiny test model.
+        dry_run: (sagemaker) export the data and return the job plan; nothing is uploaded.
+        on_event: receives the training script's progress events (local) or status changes.
+        env: extra environment for the local child process (e.g. ``KERAS_BACKEND``).
+
+    Raises:
+        CamlabelError: fewer than ``min_masks`` masked images, or a bad ``on``.
+        ModelError: training failed.
+    """
+    if on not in ("local", "sagemaker"):
+        raise CamlabelError(
+            f"unknown training target. Received: on={on!r}",
+            hint="use on='local' or on='sagemaker'",
+        )
+    records = masked_records(ws)
+    if len(records) < min_masks:
+        raise CamlabelError(
+            f"train-seg needs at least {min_masks} images with a mask; the workspace has "
+            f"{len(records)} (of {len(ws.ledger)} images in the ledger)",
+            hint="annotate more images and run 'camlabel pull-masks', or lower --min-masks "
+            "(a segmenter trained on a handful of masks will not generalise)",
+        )
+    seed = int(ws.config.get("seed", 1234) if seed is None else seed)
+    size = int(image_size or ws.config.get("seg_image_size", 256))
+    run_id = new_run_id()
+    export_dir, versions = export_pairs(ws, run_id, records, val_fraction=val_fraction, seed=seed)
+    hps: dict[str, Any] = {
+        "epochs": epochs,
+        "batch-size": batch_size,
+        "lr": lr,
+        "image-size": size,
+        "seed": seed,
+        "patience": patience,
+        **dict(model_overrides or {}),
+    }
+    model_dir = ws.dir("models") / run_id
+    settings = {"on": on, **hps, "min_masks": min_masks, "val_fraction": val_fraction}
+    job: dict[str, Any] | None = None
+    if on == "local":
+        from camlabel.train.local import run_training
+
+        metrics = run_training(export_dir, model_dir, hps, on_event=on_event, progress=progress, env=env)
+    else:
+        from camlabel.train import sagemaker as sm
+
+        if sagemaker is None:
+            raise CamlabelError(
+                "on='sagemaker' needs SageMaker settings (bucket, role ARN)",
+                hint="pass --bucket and --role-arn",
+            )
+        if dry_run:
+            plan = sm.plan(sagemaker, run_id, hps)
+            return SegTrainResult(run_id, model_dir, export_dir, {}, versions, on, None, plan)
+
+        def status(s: str, secondary: str) -> None:
+            if on_event is not None:
+                on_event({"event": "status", "status": s, "secondary": secondary})
+
+        launched = sm.launch(export_dir, sagemaker, run_id, hps, wait=True, on_status=status)
+        job = launched.to_json()
+        sm.download_model(launched, model_dir, sagemaker)
+        metrics_path = model_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        settings.update({"instance_type": sagemaker.instance_type, "region": sagemaker.region})
+    if not (model_dir / MODEL_FILE).is_file():
+        raise ModelError(f"training finished but {model_dir / MODEL_FILE} is missing")
+    summary = {k: metrics.get(k) for k in ("val_dice", "val_iou", "train_dice", "train_iou", "best_epoch")}
+    sidecar = {
+        "format": "camlabel-segmenter/1",
+        "run_id": run_id,
+        "created_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "on": on,
+        "image_size": size,
+        "trained_on": versions,
+        "n_images": len(versions),
+        "n_train": metrics.get("n_train"),
+        "n_val": metrics.get("n_val"),
+        "metrics": summary,
+        "device": metrics.get("device"),
+        "settings": settings,
+        "job": job,
+        "export": ws.rel(export_dir),
+    }
+    from camlabel.ledger import atomic_write_text
+
+    atomic_write_text(model_dir / SIDECAR, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    ws.record_run(
+        "train-seg",
+        settings,
+        run_id=run_id,
+        model=ws.rel(model_dir / MODEL_FILE),
+        mask_versions=versions,
+        metrics=summary,
+        device=metrics.get("device"),
+        job=job,
+    )
+    return SegTrainResult(run_id, model_dir, export_dir, metrics, versions, on, job)
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@dataclass
+class Segmenter:
+    """A loaded segmenter and how to feed it (see :func:`load_segmenter`)."""
+
+    model: Any
+    image_size: int
+    threshold: float
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+    _predict_fn: Any = None
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("run_id") or self.path.parent.name or self.path.name)
+
+
+def load_segmenter(path: str | Path) -> Segmenter:
+    """Load a segmenter from its model folder (``model.keras`` + sidecars) or a ``.keras`` file.
+
+    Raises:
+        ModelError: the file is missing or is not a camlabel segmenter.
+    """
+    import keras
+
+    from camlabel.models import seg_metrics, tiramisu  # noqa: F401  (registers the classes)
+
+    path = Path(path)
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ModelError(
+            f"no segmenter at {path} (expected a model folder with {MODEL_FILE}, or a .keras file)",
+            hint="train one with 'camlabel train-seg' (it writes WS/models/seg-<run>/)",
+        )
+    try:
+        model = keras.models.load_model(file, compile=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load the segmenter {file}: {exc}", hint="is it a .keras file?") from exc
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != 1:
+        raise ModelError(
+            f"{file} is not a camlabel segmenter: it expects input {shape}, not (None, H, W, 1)",
+            hint="pass the model folder written by 'camlabel train-seg'",
+        )
+    info: dict[str, Any] = {}
+    for name in ("model_info.json", SIDECAR):
+        side = file.parent / name
+        if side.is_file():
+            info.update(json.loads(side.read_text(encoding="utf-8")))
+    size = int(info.get("image_size") or getattr(model, "image_size", None) or 256)
+    threshold = float(info.get("threshold", 0.5))
+    return Segmenter(model=model, image_size=size, threshold=threshold, path=file, info=info)
+
+
+def _as_gray(image: LoadedImage | np.ndarray) -> np.ndarray:
+    arr = np.asarray(getattr(image, "pixels", image))
+    if arr.ndim == 3:
+        from camlabel.models.seg_data import to_unit_gray
+
+        return to_unit_gray(arr)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    return np.clip(arr.astype(np.float32), 0.0, 1.0)
+
+
+def segment_probability(
+    segmenter: Segmenter, images: Sequence[LoadedImage | np.ndarray], *, batch_size: int = 8
+) -> list[np.ndarray]:
+    """Lesion probability maps (float32 HxW in [0, 1]) at each image's original resolution.
+
+    ``images`` are LoadedImage objects or arrays (float in [0, 1], uint8 or uint16; colour is
+    converted to gray). Each image is letterboxed exactly as in training.
+    """
+    from camlabel.models.seg_data import letterbox, unletterbox
+
+    size = segmenter.image_size
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), max(1, batch_size)):
+        chunk = images[start : start + max(1, batch_size)]
+        canvases, boxes = [], []
+        for img in chunk:
+            canvas, box = letterbox(_as_gray(img), size)
+            canvases.append(canvas)
+            boxes.append(box)
+        x = np.stack(canvases)[..., None].astype(np.float32)
+        prob = np.asarray(segmenter.model.predict_on_batch(x), dtype=np.float32)[..., 0]
+        out.extend(np.clip(unletterbox(p, b), 0.0, 1.0) for p, b in zip(prob, boxes, strict=True))
+    return out
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Per-image results of :func:`predict` (also written as JSON) and failures."""
+
+    items: list[dict[str, Any]]
+    failures: list[tuple[str, str]]
+    out_dir: Path
+
+
+def _classifier_api() -> tuple[Callable[[Path], Any], Callable[..., Any]]:
+    """(load, classify) from camlabel.classify (issue 3's classifier)."""
+    from camlabel import classify as cls_mod
+
+    return cls_mod.load_classifier, cls_mod.classify_images
+
+
+def _lesion_classes(classifier: Any, override: Sequence[str] | None) -> tuple[str, ...]:
+    if override:
+        return tuple(override)
+    found = getattr(classifier, "lesion_classes", None)
+    if found:
+        return tuple(found)
+    from camlabel.workspace import DEFAULT_LESION_CLASSES
+
+    return tuple(DEFAULT_LESION_CLASSES)
+
+
+def _unique_stem(path: Path, image_id: str, used: set[str]) -> str:
+    stem = path.stem if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"} else path.name
+    if stem in used:
+        stem = f"{stem}-{image_id[:8]}"
+    used.add(stem)
+    return stem
+
+
+def predict(
+    classifier_path: str | Path,
+    segmenter_path: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    lesion_classes: Sequence[str] | None = None,
+    progress: bool = True,
+) -> PredictResult:
+    """The paper's inference pipeline, for files and folders (PNG, JPEG, TIFF, DICOM).
+
+    For each image: classify; if the predicted class is a lesion class, segment it and
+    superimpose the mask. Writes into ``out_dir``, per input ``<stem>``:
+
+    * ``<stem>.overlay.png``: the image with a banner "class p=0.97" and, for lesion classes,
+      the mask tinted and outlined;
+    * ``<stem>.mask.png``: the binary mask (0/255), lesion classes only;
+    * ``<stem>.json``: class, probabilities, mask area, model versions.
+
+    Unreadable inputs are reported in ``failures`` and do not stop the batch.
+    """
+    from camlabel.imaging import iter_image_paths, overlay_mask, put_label, read_image, write_png_atomic
+    from camlabel.ledger import atomic_write_text
+    from camlabel.progress import progress_bar
+
+    load_classifier, classify_images = _classifier_api()
+    classifier = load_classifier(Path(classifier_path))
+    segmenter = load_segmenter(segmenter_path)
+    thr = segmenter.threshold if threshold is None else float(threshold)
+    lesion = _lesion_classes(classifier, lesion_classes)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = iter_image_paths(list(inputs))
+    items: list[dict[str, Any]] = []
+    failures: list[tuple[str, str]] = []
+    used: set[str] = set()
+    step = max(1, batch_size)
+    with progress_bar(total=len(paths), desc="predict", enabled=progress, unit="img") as bar:
+        for start in range(0, len(paths), step):
+            batch = []
+            for p in paths[start : start + step]:
+                try:
+                    batch.append((p, read_image(p)))
+                except CamlabelError as exc:
+                    failures.append((str(p), exc.message))
+            if not batch:
+                bar.update(len(paths[start : start + step]))
+                continue
+            preds = classify_images(classifier, [img for _, img in batch], batch_size=step)
+            to_segment = [i for i, pr in enumerate(preds) if pr.predicted_class in lesion]
+            probs = segment_probability(segmenter, [batch[i][1] for i in to_segment], batch_size=step)
+            prob_of = dict(zip(to_segment, probs, strict=True))
+            for i, ((path, img), pr) in enumerate(zip(batch, preds, strict=True)):
+                stem = _unique_stem(path, img.image_id, used)
+                banner = f"{pr.predicted_class} p={pr.probability:.2f}"
+                record: dict[str, Any] = {
+                    "input": str(path),
+                    "image_id": img.image_id,
+                    "width": img.width,
+                    "height": img.height,
+                    "predicted_class": pr.predicted_class,
+                    "probability": float(pr.probability),
+                    "probabilities": {k: float(v) for k, v in pr.probabilities.items()},
+                    "segmented": i in prob_of,
+                    "mask_path": None,
+                    "mask_area_px": None,
+                    "mask_fraction": None,
+                    "threshold": thr,
+                    "classifier": str(classifier_path),
+                    "segmenter": str(segmenter_path),
+                    "segmenter_version": segmenter.version,
+                    "overlay_path": str(out / f"{stem}.overlay.png"),
+                }
+                if i in prob_of:
+                    mask = prob_of[i] >= thr
+                    mask_path = out / f"{stem}.mask.png"
+                    write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
+                    area = int(mask.sum())
+                    record.update(
+                        mask_path=str(mask_path),
+                        mask_area_px=area,
+                        mask_fraction=area / float(mask.size),
+                    )
+                    overlay = overlay_mask(img.display, mask)
+                else:
+                    overlay = overlay_mask(img.display, np.zeros(img.display.shape, bool))
+                write_png_atomic(out / f"{stem}.overlay.png", put_label(overlay, banner))
+                atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+                items.append(record)
+            bar.update(len(paths[start : start + step]))
+    return PredictResult(items=items, failures=failures, out_dir=out)

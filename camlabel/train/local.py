@@ -1,0 +1,151 @@
+"""Run training/train_seg.py on this machine, in a child process.
+
+A subprocess rather than an in-process call: TensorFlow's global state (mixed-precision
+policy, distribution strategy, GPU memory) stays out of the caller, a crash or an
+out-of-memory kill cannot take the CLI with it, and Ctrl-C stops the child cleanly. The child
+prints one ``CAMLABEL_PROGRESS {json}`` line per event on stdout; they drive a progress bar
+and ``on_event``. Its other output (TensorFlow logs) goes to ``<model_dir>/train.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from camlabel.errors import CamlabelError, ModelError
+
+PROGRESS_PREFIX = "CAMLABEL_PROGRESS "
+_PKG = Path(__file__).resolve().parents[1]
+
+Event = dict[str, Any]
+
+
+def training_script(name: str = "train_seg.py") -> Path:
+    """Path of a training entry script: the wheel's copy (camlabel/_data/training) or the repo's."""
+    for candidate in (_PKG / "_data" / "training" / name, _PKG.parent / "training" / name):
+        if candidate.is_file():
+            return candidate
+    raise CamlabelError(
+        f"training script {name} not found (looked in {_PKG / '_data' / 'training'} and "
+        f"{_PKG.parent / 'training'})",
+        hint="reinstall camlabel (pip install .) so that training/ is copied into the package",
+    )
+
+
+def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:
+    """``{"batch-size": 30}`` -> ``["--batch-size", "30"]`` (what SageMaker does too)."""
+    out: list[str] = []
+    for key, value in hyperparameters.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def run_training(
+    data_dir: Path,
+    model_dir: Path,
+    hyperparameters: Mapping[str, Any],
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    progress: bool = True,
+    env: Mapping[str, str] | None = None,
+    script: Path | None = None,
+) -> dict[str, Any]:
+    """Train in a child Python; returns metrics.json of the finished run.
+
+    Args:
+        data_dir: the export folder (index.csv, images/, masks/).
+        model_dir: where model.keras, metrics.json, curves and train.log are written.
+        hyperparameters: passed as ``--name value`` (see HYPERPARAMETERS in train_seg.py).
+        on_event: called with every progress event (device, data, epoch, done).
+        progress: show an epoch progress bar on stderr.
+        env: extra environment variables for the child (e.g. KERAS_BACKEND).
+
+    Raises:
+        ModelError: the child exited non-zero (the message quotes the end of train.log).
+    """
+    from camlabel.progress import progress_bar
+
+    script = script or training_script()
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    log_path = model_dir / "train.log"
+    cmd = [
+        sys.executable,
+        "-u",
+        str(script),
+        "--train",
+        str(data_dir),
+        "--model-dir",
+        str(model_dir),
+        *hyperparameter_args(hyperparameters),
+    ]
+    child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    # Locally the SageMaker variables must not leak in from a surrounding shell.
+    for key in [k for k in child_env if k.startswith("SM_")]:
+        del child_env[key]
+    child_env.update(env or {})
+    tail: deque[str] = deque(maxlen=40)
+    total = int(hyperparameters.get("epochs") or 0) or None
+    with log_path.open("w", encoding="utf-8") as log, progress_bar(
+        total=total, desc="train-seg", enabled=progress, unit="epoch"
+    ) as bar:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=child_env,
+            bufsize=1,
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if not line.startswith(PROGRESS_PREFIX):
+                    if line.strip():
+                        tail.append(line.rstrip())
+                    continue
+                try:
+                    event = json.loads(line[len(PROGRESS_PREFIX) :])
+                except json.JSONDecodeError:
+                    continue
+                if event.get("event") == "epoch":
+                    bar.update(1)
+                    shown = {k: event[k] for k in ("loss", "dice", "val_dice") if k in event}
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+                if on_event is not None:
+                    on_event(event)
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    if code != 0:
+        raise ModelError(
+            f"segmenter training failed (exit code {code}); last lines of {log_path}:\n  "
+            + "\n  ".join(list(tail)[-12:]),
+            hint=f"read the whole log in {log_path}",
+        )
+    metrics_path = model_dir / "metrics.json"
+    if not metrics_path.exists():
+        raise ModelError(f"training finished but wrote no {metrics_path}", hint=f"see {log_path}")
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
+    return metrics

@@ -1,0 +1,340 @@
+"""push-jobs / pull-masks against a real Label Studio (started by the session fixture)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from camlabel import loop
+from camlabel.backends.base import PushItem
+from camlabel.backends.labelstudio import LabelStudioBackend
+from camlabel.errors import BackendError, BackendUnavailable
+from camlabel.geometry import mask_to_brush_rle
+from camlabel.imaging import read_mask_png
+from camlabel.records import JobRef
+from camlabel.workspace import Workspace
+from tests.integration.conftest import LSServer
+from tests.integration.lshelpers import phantom_workspace, polygon_result, px, rasterize_centres
+
+
+def _project_tasks(server: LSServer, project: str) -> list[dict]:
+    ls = server.sdk()
+    return [t.model_dump() for t in ls.tasks.list(project=int(project), fields="all", page_size=1000)]
+
+
+def _items(ws: Workspace) -> list[PushItem]:
+    return [loop._push_item(ws, r, "labelstudio") for r in sorted(ws.ledger.all(), key=lambda r: r.image_id)]
+
+
+# --------------------------------------------------------------------------- push
+@pytest.mark.server
+def test_push_creates_one_task_per_image_with_the_predictions(ls_server: LSServer, tmp_path: Path) -> None:
+    n = 8
+    ws, records = phantom_workspace(tmp_path, n)
+    opts = ls_server.options()
+    ws.config["labelstudio"]["project_title"] = f"push-{uuid.uuid4().hex[:8]}"
+
+    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    assert len(report.pushed) == n and not report.already_present and not report.failures
+
+    tasks = _project_tasks(ls_server, report.project)
+    assert len(tasks) == n
+    by_id = {t["data"]["camlabel_image_id"]: t for t in tasks}
+    assert set(by_id) == {r.image_id for r in records}
+    ledger = {r.image_id: r for r in ws.ledger.all()}
+    for image_id, task in by_id.items():
+        rec = ledger[image_id]
+        # Privacy: the task carries the served image and the content hash, nothing else.
+        assert set(task["data"]) == {"image", "camlabel_image_id"}
+        rel = ws.abs(rec.display_path).resolve().relative_to(ls_server.document_root).as_posix()
+        assert task["data"]["image"] == f"/data/local-files/?d={rel}" and rel.endswith(f"/images/{image_id}.png")
+        assert rec.jobs["labelstudio"].task == str(task["id"])
+        assert rec.jobs["labelstudio"].project == report.project
+        (pred,) = task["predictions"]
+        assert pred["model_version"] == "phantom-truth" and pred["score"] == pytest.approx(0.75)
+        regions = [r for r in pred["result"] if r["type"] == "polygonlabels"]
+        assert rec.preannotation is not None
+        assert len(regions) == len(rec.preannotation.polygons)
+        for region, poly in zip(regions, rec.preannotation.polygons, strict=True):
+            assert (region["original_width"], region["original_height"]) == (rec.width, rec.height)
+            assert region["value"]["polygonlabels"] == ["Opacity"]
+            back = np.asarray(px(region["value"]["points"], rec.width, rec.height))
+            np.testing.assert_allclose(back, np.asarray(poly["exterior"], dtype=float), rtol=0, atol=1e-6)
+        # The served image is the display PNG itself.
+        resp = httpx.get(ls_server.url + task["data"]["image"], headers={"Authorization": f"Token {ls_server.token}"})
+        assert resp.status_code == 200 and resp.content == ws.abs(rec.display_path).read_bytes()
+
+    again = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    assert again.project == report.project
+    assert not again.pushed and len(again.already_present) == n
+    assert len(_project_tasks(ls_server, report.project)) == n
+
+
+@pytest.mark.server
+def test_push_finds_tasks_the_ledger_lost(ls_server: LSServer, tmp_path: Path) -> None:
+    """Idempotence does not rely on the ledger: a crash before the ledger commit adds nothing twice."""
+    ws, records = phantom_workspace(tmp_path, 4)
+    ws.config["labelstudio"]["project_title"] = f"lost-{uuid.uuid4().hex[:8]}"
+    be = LabelStudioBackend(ws, **ls_server.options())
+    first = be.push(_items(ws), progress=False)  # no on_pushed: the ledger never hears of it
+    assert len(first.pushed) == 4
+    second = LabelStudioBackend(ws, **ls_server.options()).push(_items(ws), progress=False)
+    assert not second.pushed and second.already_present.keys() == first.pushed.keys()
+    assert {k: v.task for k, v in second.already_present.items()} == {k: v.task for k, v in first.pushed.items()}
+    assert len(_project_tasks(ls_server, first.project)) == 4
+
+
+# --------------------------------------------------------------------------- pull
+def _disk(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
+    ys, xs = np.mgrid[0:h, 0:w]
+    return (xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 < r * r
+
+
+@pytest.mark.server
+def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_path: Path) -> None:
+    ws, records = phantom_workspace(tmp_path, 7, size=96, seed=11)
+    ws.config["labelstudio"]["project_title"] = f"pull-{uuid.uuid4().hex[:8]}"
+    opts = ls_server.options(cursor_margin_s=0)
+    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    ls = ls_server.sdk()
+    recs = sorted(ws.ledger.all(), key=lambda r: r.image_id)
+    tasks = {t["data"]["camlabel_image_id"]: t for t in _project_tasks(ls_server, report.project)}
+    tag = uuid.uuid4().hex[:6]
+    u2 = ls.users.create(username=f"ann2-{tag}", email=f"ann2-{tag}@example.org", password="pw-ann2-" + tag)
+    u3 = ls.users.create(username=f"ann3-{tag}", email=f"ann3-{tag}@example.org", password="pw-ann3-" + tag)
+    admin = ls.users.whoami()
+
+    expected: dict[str, np.ndarray] = {}  # annotation id -> mask
+    rec_moved, rec_new, rec_brush, rec_skip, rec_three, rec_none, rec_badsize = recs
+
+    def pred_points(rec) -> list[list[float]]:
+        (pred,) = tasks[rec.image_id]["predictions"]
+        region = next(r for r in pred["result"] if r["type"] == "polygonlabels")
+        return px(region["value"]["points"], rec.width, rec.height)
+
+    def create(rec, result, **kw):
+        a = ls.annotations.create(id=tasks[rec.image_id]["id"], result=result, **kw)
+        return str(a.id)
+
+    # 1. a moved vertex (and the class corrected)
+    pts = pred_points(rec_moved)
+    pts[0] = [pts[0][0] + 3.3, pts[0][1] + 2.1]
+    moved = polygon_result(pts, rec_moved.width, rec_moved.height, origin="prediction-changed")
+    cls = {"id": "c", "from_name": "image_class", "to_name": "image", "type": "choices", "value": {"choices": ["pneumonia"]}}
+    aid = create(rec_moved, [moved, cls], lead_time=42.5)
+    expected[aid] = rasterize_centres([pts], rec_moved.height, rec_moved.width)
+
+    # 2. the prediction accepted unchanged plus a new polygon; and one accepting it unchanged only
+    pts_pred = pred_points(rec_new)
+    (pred_new,) = tasks[rec_new.image_id]["predictions"]
+    kept = dict(next(r for r in pred_new["result"] if r["type"] == "polygonlabels"), origin="prediction")
+    new_poly = [[10.3, 12.7], [40.2, 15.1], [35.6, 44.9], [12.1, 38.4]]
+    aid_new = create(rec_new, [kept, polygon_result(new_poly, rec_new.width, rec_new.height, rid="n1")])
+    expected[aid_new] = rasterize_centres([pts_pred, new_poly], rec_new.height, rec_new.width)
+    aid_acc = create(rec_new, [kept], completed_by=u2.id, lead_time=3.0)
+    expected[aid_acc] = rasterize_centres([pts_pred], rec_new.height, rec_new.width)
+
+    # 3. a brush stroke together with a polygon
+    h, w = rec_brush.height, rec_brush.width
+    stroke = _disk(h, w, w * 0.3, h * 0.6, 9.5)
+    brush = {
+        "id": "b1",
+        "from_name": "lesion_brush",
+        "to_name": "image",
+        "type": "brushlabels",
+        "origin": "manual",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_brush_rle(stroke), "brushlabels": ["Opacity"]},
+    }
+    tri = [[50.4, 10.2], [70.7, 12.3], [60.1, 30.6]]
+    aid_brush = create(rec_brush, [brush, polygon_result(tri, w, h, rid="t1")])
+    expected[aid_brush] = stroke | rasterize_centres([tri], h, w)
+
+    # 4. skipped
+    create(rec_skip, [], was_cancelled=True)
+
+    # 5. three annotators on one task (majority differs from union and intersection)
+    h, w = rec_three.height, rec_three.width
+    boxes = [
+        [[10.2, 10.3], [50.6, 10.3], [50.6, 50.7], [10.2, 50.7]],
+        [[20.1, 20.4], [60.3, 20.4], [60.3, 60.2], [20.1, 60.2]],
+        [[30.7, 5.2], [70.1, 5.2], [70.1, 40.6], [30.7, 40.6]],
+    ]
+    three = []
+    for user, box in zip((admin.id, u2.id, u3.id), boxes, strict=True):
+        aid3 = create(rec_three, [polygon_result(box, w, h)], completed_by=user)
+        expected[aid3] = rasterize_centres([box], h, w)
+        three.append(aid3)
+        time.sleep(0.05)
+
+    # 7. drawn on an image of another size: rejected, the others go on
+    bad = polygon_result([[5, 5], [30, 5], [30, 30]], rec_badsize.width + 7, rec_badsize.height)
+    create(rec_badsize, [bad])
+
+    summary = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="majority", progress=False)
+    assert summary.tasks == 7
+    assert summary.skipped == [rec_skip.image_id]
+    assert summary.unannotated == [rec_none.image_id]
+    (failed,) = summary.failed
+    assert str(tasks[rec_badsize.image_id]["id"]) in failed[1]
+    assert f"{rec_badsize.width + 7}x{rec_badsize.height}" in failed[1]
+    assert f"{rec_badsize.width}x{rec_badsize.height}" in failed[1]
+
+    ledger = {r.image_id: r for r in ws.ledger.all()}
+    anns = {a.annotation_id: (a, r) for r in ledger.values() for a in r.annotations}
+    for aid_, mask in expected.items():
+        ann, rec = anns[aid_]
+        assert ann.status == "submitted"
+        got = read_mask_png(ws.abs(ann.raster_path))
+        assert got.shape == (rec.height, rec.width)
+        assert np.array_equal(got, mask), f"annotation {aid_}: {int((got ^ mask).sum())} pixel(s) differ"
+    a_moved = anns[aid][0]
+    assert a_moved.accepted_unchanged is False and a_moved.class_choice == "pneumonia" and a_moved.lead_time_s == 42.5
+    assert anns[aid_acc][0].accepted_unchanged is True
+    assert anns[aid_new][0].accepted_unchanged is False
+    assert anns[aid_brush][0].has_brush is True
+    assert anns[aid_acc][0].annotator in (u2.email, str(u2.id))
+    assert anns[aid][0].annotator in (admin.email, str(admin.id))
+    assert [a.status for a in ledger[rec_skip.image_id].annotations] == ["skipped"]
+    assert ledger[rec_skip.image_id].mask is None
+
+    # Single-annotator masks equal the annotation; rec_new (2 annotators, majority = intersection).
+    m = read_mask_png(ws.abs(ledger[rec_moved.image_id].mask.path))
+    assert np.array_equal(m, expected[aid])
+    m = read_mask_png(ws.abs(ledger[rec_new.image_id].mask.path))
+    assert np.array_equal(m, expected[aid_new] & expected[aid_acc])
+
+    masks3 = [expected[a] for a in three]
+    rules = {
+        "majority": np.sum(masks3, axis=0) >= 2,
+        "union": np.any(masks3, axis=0),
+        "intersection": np.all(masks3, axis=0),
+        "latest": masks3[-1],
+    }
+    assert len({r.tobytes() for r in rules.values()}) == 4
+    for rule, want in rules.items():
+        if rule != "majority":
+            loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule=rule, progress=False)
+        rec = ws.ledger.get(rec_three.image_id)
+        assert rec is not None and rec.mask is not None and rec.mask.consensus == rule
+        got = read_mask_png(ws.abs(rec.mask.path))
+        assert np.array_equal(got, want), f"{rule}: {int((got ^ want).sum())} pixel(s) differ"
+        assert rec.mask.agreement_dice is not None and 0 < rec.mask.agreement_dice < 1
+
+    # Incremental: only the task annotated since the last pull is read again.
+    time.sleep(1.1)
+    late = [[20.5, 20.5], [60.5, 22.5], [40.5, 60.5]]
+    aid_late = create(rec_none, [polygon_result(late, rec_none.width, rec_none.height)])
+    again = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="latest", progress=False)
+    assert again.tasks == 1 and again.new_annotations == 1 and again.unannotated == []
+    rec = ws.ledger.get(rec_none.image_id)
+    assert rec is not None and rec.mask is not None
+    ann = next(a for a in rec.annotations if a.annotation_id == aid_late)
+    assert np.array_equal(read_mask_png(ws.abs(ann.raster_path)), rasterize_centres([late], rec.height, rec.width))
+
+
+# --------------------------------------------------------------------------- reliability
+@pytest.mark.server
+def test_push_interrupted_by_a_server_stop_resumes_without_duplicates(ls_server: LSServer, tmp_path: Path) -> None:
+    n = 30
+    ws, records = phantom_workspace(tmp_path, n, size=64, seed=3)
+    ws.config["labelstudio"]["project_title"] = f"interrupt-{uuid.uuid4().hex[:8]}"
+    opts = ls_server.options(chunk_size=3, retries=1, backoff=0.1, timeout=10)
+    first_chunk = threading.Event()
+    committed: dict[str, JobRef] = {}
+
+    def on_pushed(jobs):  # what loop.push_jobs commits to the ledger
+        committed.update(jobs)
+        first_chunk.set()
+
+    killer = threading.Thread(target=lambda: (first_chunk.wait(60), ls_server.stop()))
+    killer.start()
+    be = LabelStudioBackend(ws, **opts)
+    try:
+        with pytest.raises(BackendUnavailable) as err:
+            be.push(_items(ws), progress=False, on_pushed=on_pushed)
+    finally:
+        killer.join()
+        ls_server.start()  # same data dir and port
+    assert ls_server.url in err.value.message and "camlabel labelstudio start" in (err.value.hint or "")
+    assert 0 < len(committed) < n
+    project = be.describe()["project"]
+    before = {t["data"]["camlabel_image_id"] for t in _project_tasks(ls_server, project)}
+    assert set(committed) <= before
+
+    report = loop.push_jobs(ws, "labelstudio", options=ls_server.options(chunk_size=7), progress=False)
+    assert report.project == project
+    assert len(report.pushed) + len(report.already_present) == n
+    assert before <= set(report.already_present)
+    tasks = _project_tasks(ls_server, project)
+    hashes = [t["data"]["camlabel_image_id"] for t in tasks]
+    assert len(hashes) == n and set(hashes) == {r.image_id for r in records}
+    assert all(r.jobs["labelstudio"].project == project for r in ws.ledger.all())
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_server_down_fails_fast_without_leaking_the_token(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    token = "tok-" + uuid.uuid4().hex
+    url = f"http://127.0.0.1:{_closed_port()}"
+    png = ws.dir("images") / ("a" * 64 + ".png")
+    png.write_bytes(b"\x89PNG")
+    item = PushItem(image_id="a" * 64, width=10, height=10, display_png=png)
+    be = LabelStudioBackend(ws, url=url, token=token, retries=2, backoff=0.1, timeout=5)
+    t0 = time.monotonic()
+    with pytest.raises(BackendUnavailable) as err:
+        be.push([item], progress=False)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    text = str(err.value)
+    assert url in text and "3 attempt(s)" in text and "camlabel labelstudio start" in text
+    assert token not in text and token not in repr(err.value)
+    with pytest.raises(BackendUnavailable) as err2:
+        LabelStudioBackend(ws, url=url, token=token, retries=0).pull(
+            {"a" * 64: JobRef(backend="labelstudio", project="1", task="1")}, progress=False
+        )
+    assert token not in str(err2.value) and url in str(err2.value)
+
+
+def test_no_server_and_no_url_says_how_to_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAMLABEL_LS_URL", raising=False)
+    ws = Workspace.init(tmp_path / "ws")
+    with pytest.raises(BackendUnavailable) as err:
+        LabelStudioBackend(ws).pull({}, progress=False)
+    assert "camlabel labelstudio start" in (err.value.hint or "")
+
+
+@pytest.mark.server
+def test_a_wrong_token_is_refused_and_never_echoed(ls_server: LSServer, tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    bad = "bad" + uuid.uuid4().hex
+    with pytest.raises(BackendError) as err:
+        LabelStudioBackend(ws, url=ls_server.url, token=bad, upload=False).ensure_project()
+    assert "401" in err.value.message and bad not in str(err.value)
+    assert not isinstance(err.value, BackendUnavailable)
+
+
+def test_dry_run_calls_nothing_and_writes_the_payload(tmp_path: Path) -> None:
+    ws, records = phantom_workspace(tmp_path, 2)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    report = loop.push_jobs(ws, "labelstudio", options={"url": url, "token": "x" * 40}, dry_run=True, progress=False)
+    (path,) = report.dry_run_files
+    payload = json.loads(path.read_text())
+    assert len(payload["tasks"]) == 2 and "x" * 40 not in path.read_text()
+    assert {t["data"]["camlabel_image_id"] for t in payload["tasks"]} == {r.image_id for r in records}
+    assert all(not r.jobs for r in ws.ledger.all())

@@ -1,0 +1,276 @@
+"""training/train_seg.py end to end (CLI arguments and SageMaker environment), its data
+conventions, and camlabel.segment.train_segmenter on a workspace."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from camlabel.models import seg_data
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "training" / "train_seg.py"
+TINY_ARGS = ["--epochs", "2", "--batch-size", "4", "--image-size", "32", "--arch", "tiny", "--eager", "1"]
+
+
+def _load_train_seg():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_seg", SCRIPT)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_seg_folder(root: Path, n: int = 10, *, with_split: bool = True, size: int = 64) -> Path:
+    """Phantom images + lesion masks in the export layout (2 images per patient)."""
+    from camlabel.phantoms import render_phantom
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n):
+        label = ("covid", "pneumonia")[i % 2]
+        img, lesion, _ = render_phantom(rng, label, size, size - 8)
+        rid = f"img{i:02d}"
+        cv2.imwrite(str(root / "images" / f"{rid}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"{rid}.png"), lesion.astype(np.uint8) * 255)
+        split = ("val" if i >= n - 2 else "train") if with_split else ""
+        rows.append(seg_data.IndexRow(rid, f"p{i // 2}", split, label, "1"))
+    seg_data.write_index(root, rows)
+    return root
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+def _events(stdout: str) -> list[dict]:
+    prefix = "CAMLABEL_PROGRESS "
+    return [json.loads(line[len(prefix) :]) for line in stdout.splitlines() if line.startswith(prefix)]
+
+
+def _check_outputs(model_dir: Path, epochs: int, n_train: int, n_val: int) -> dict:
+    import keras
+
+    from camlabel.models.tiramisu import Tiramisu
+
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["n_train"] == n_train and metrics["n_val"] == n_val
+    assert metrics["epochs_run"] == epochs
+    for key in ("val_dice", "val_iou", "train_dice", "train_iou"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+    assert metrics["model_config"]["down_blocks"] == [2, 2]
+    assert metrics["train_images_per_second"] > 0
+    assert "CPU" in metrics["device"] and metrics["mixed_precision"] is False
+    with (model_dir / "history.csv").open() as fh:
+        hist = list(csv.DictReader(fh))
+    assert len(hist) == epochs
+    assert {"dice", "iou", "val_dice", "val_iou", "loss", "val_loss"} <= set(hist[0])
+    curves = cv2.imread(str(model_dir / "curves.png"))
+    assert curves is not None and curves.shape == (440, 760, 3)
+    assert (curves != 255).any(axis=2).mean() > 0.02  # something is drawn
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    assert isinstance(model, Tiramisu)
+    out = np.asarray(model(np.zeros((1, 37, 29, 1), "float32")))
+    assert out.shape == (1, 37, 29, 1)
+    info = json.loads((model_dir / "model_info.json").read_text())
+    assert info["image_size"] == metrics["image_size"]
+    with (model_dir / "split.csv").open() as fh:
+        split = list(csv.DictReader(fh))
+    train_p = {r["patient_id"] for r in split if r["split"] == "train"}
+    val_p = {r["patient_id"] for r in split if r["split"] == "val"}
+    assert not train_p & val_p
+    return metrics
+
+
+def test_train_seg_with_cli_arguments(tmp_path: Path) -> None:
+    data = make_seg_folder(tmp_path / "data")
+    out = tmp_path / "model"
+    r = _run(["--train", str(data), "--model-dir", str(out), *TINY_ARGS])
+    assert r.returncode == 0, r.stderr[-3000:]
+    events = _events(r.stdout)
+    assert [e["event"] for e in events] == ["device", "data", "epoch", "epoch", "done"]
+    assert events[1] == {"event": "data", "train": 8, "val": 2, "split": "index.csv", "image_size": 32}
+    metrics = _check_outputs(out, epochs=2, n_train=8, n_val=2)
+    assert metrics["split"] == "index.csv"
+    assert (out / "checkpoints" / "best.keras").is_file()
+
+
+def test_train_seg_with_sagemaker_environment(tmp_path: Path) -> None:
+    """As in the container: SM_* paths, hyperparameters in SM_HPS *and* as --name value args."""
+    data = make_seg_folder(tmp_path / "opt" / "input" / "data" / "train", with_split=False)
+    model_dir, output_dir = tmp_path / "opt" / "model", tmp_path / "opt" / "output" / "data"
+    hps = {"epochs": 1, "batch-size": 4, "image-size": 32, "arch": "tiny", "eager": 1, "val-fraction": 0.25}
+    env = {
+        "SM_CHANNEL_TRAIN": str(data),
+        "SM_MODEL_DIR": str(model_dir),
+        "SM_OUTPUT_DATA_DIR": str(output_dir),
+        "SM_HPS": json.dumps(hps),
+    }
+    r = _run([], env)  # SM_HPS alone is enough
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = _check_outputs(model_dir, epochs=1, n_train=metrics_n(r, "train"), n_val=metrics_n(r, "val"))
+    assert metrics["split"] == "patient-grouped" and metrics["n_val"] >= 2
+    for name in ("metrics.json", "curves.png", "history.csv"):
+        assert (output_dir / name).is_file(), name
+    # SageMaker's own form: the driver passes every hyperparameter as "--name value"; those win.
+    model_dir2 = tmp_path / "model2"
+    args = ["--epochs", "2", "--batch_size", "4", "--image-size", "32", "--arch", "tiny", "--eager", "1"]
+    r = _run(args, {**env, "SM_MODEL_DIR": str(model_dir2)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((model_dir2 / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def metrics_n(r: subprocess.CompletedProcess[str], part: str) -> int:
+    (data_event,) = [e for e in _events(r.stdout) if e["event"] == "data"]
+    return int(data_event[part])
+
+
+def test_argument_precedence_cli_over_sm_hps_over_default() -> None:
+    ts = _load_train_seg()
+    env = {"SM_CHANNEL_TRAIN": "/d", "SM_MODEL_DIR": "/m", "SM_HPS": json.dumps({"epochs": "7", "lr": 0.5})}
+    a = ts.parse_args(["--lr", "0.25"], env)
+    assert (a.train, a.model_dir, a.epochs, a.lr, a.batch_size) == ("/d", "/m", 7, 0.25, 30)
+    with pytest.raises(SystemExit):
+        ts.parse_args([], {})  # neither --train nor SM_CHANNEL_TRAIN
+
+
+def test_a_missing_index_fails_with_a_clear_message(tmp_path: Path) -> None:
+    ts = _load_train_seg()
+    with pytest.raises(FileNotFoundError, match=r"index.csv.*needs index.csv, images/ and masks/"):
+        ts.main(["--train", str(tmp_path), "--model-dir", str(tmp_path / "m"), *TINY_ARGS])
+
+
+# -- data conventions ---------------------------------------------------------------------
+
+
+def test_letterbox_round_trip_and_mask_codes() -> None:
+    img = np.zeros((60, 30), np.float32)
+    img[10:20, 5:15] = 1.0
+    canvas, box = seg_data.letterbox(img, 32)
+    assert canvas.shape == (32, 32) and (box.height, box.width) == (32, 16) and box.left == 8
+    assert not canvas[:, :8].any() and not canvas[:, 24:].any()
+    back = seg_data.unletterbox(canvas, box)
+    assert back.shape == (60, 30)
+    assert ((back > 0.5) == (img > 0.5)).mean() > 0.97
+    codes = seg_data.mask_codes(np.array([[0, 255, 127]], np.uint8))
+    np.testing.assert_array_equal(codes, [[0, 1, seg_data.IGNORE]])
+    np.testing.assert_array_equal(seg_data.codes_to_target(codes), [[0.0, 1.0, -1.0]])
+    np.testing.assert_array_equal(seg_data.mask_codes(np.array([[0, 1]], np.uint8)), [[0, 1]])
+
+
+def test_augmentation_keeps_labels_and_never_flips_left_right() -> None:
+    img = np.zeros((64, 64), np.uint8)
+    codes = np.zeros((64, 64), np.uint8)
+    img[:, :20] = 200  # bright band on the image-left side, as a heart would be on one side
+    codes[20:40, 5:15] = 1
+    codes[45:50, 5:15] = seg_data.IGNORE
+    aug = seg_data.Augment()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x, c = aug(img, codes, rng)
+        assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+        assert set(np.unique(c)) <= {0, 1, seg_data.IGNORE}
+        assert x[:, :32].mean() > x[:, 32:].mean()  # still on the left
+        ys, xs = np.nonzero(c == 1)
+        assert xs.mean() < 32
+
+
+def test_batches_are_deterministic_and_shaped() -> None:
+    imgs = np.random.default_rng(0).integers(0, 255, (5, 32, 32), dtype=np.uint8)
+    codes = np.zeros((5, 32, 32), np.uint8)
+    a = seg_data.SegBatches(imgs, codes, 2, augment=seg_data.Augment(), shuffle=True, seed=1)
+    b = seg_data.SegBatches(imgs, codes, 2, augment=seg_data.Augment(), shuffle=True, seed=1)
+    assert len(a) == 3
+    x, y = a[2]
+    assert x.shape == (1, 32, 32, 1) and y.shape == (1, 32, 32, 1)
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+
+
+# -- the library entry point on a workspace -------------------------------------------------
+
+
+def make_masked_workspace(root: Path, n: int = 8, size: int = 64):  # type: ignore[no-untyped-def]
+    """A workspace whose ledger has n phantom images with consensus masks (version 2)."""
+    from camlabel.imaging import write_png_atomic
+    from camlabel.phantoms import render_phantom
+    from camlabel.records import MaskInfo
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(root)
+    src = root.parent / "src"
+    src.mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    paths, labels, patients, masks = [], {}, {}, {}
+    for i in range(n):
+        label = ("covid", "pneumonia")[i % 2]
+        img, lesion, _ = render_phantom(rng, label, size, size)
+        p = src / f"ph{i}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(p)
+        labels[str(p)] = label
+        patients[str(p)] = f"pat{i // 2}"
+        masks[str(p)] = lesion
+    records, failures = ws.register_images(paths, labels=labels, patient_ids=patients)
+    assert not failures
+    with ws.ledger.transaction() as txn:
+        for rec, p in zip(records, paths, strict=True):
+            mpath = ws.dir("masks") / f"{rec.image_id}.png"
+            write_png_atomic(mpath, masks[str(p)].astype(np.uint8) * 255)
+            info = MaskInfo(path=ws.rel(mpath), version=2, annotation_ids=("a1",), consensus="single", sha256="0" * 64)
+            txn.put(rec.evolve(mask=info))
+    return ws
+
+
+def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Path) -> None:
+    from camlabel.errors import CamlabelError
+    from camlabel.segment import load_segmenter, segment_probability, train_segmenter
+
+    ws = make_masked_workspace(tmp_path / "ws")
+    with pytest.raises(CamlabelError, match=r"at least 20 images with a mask; the workspace has 8"):
+        train_segmenter(ws)
+    events: list[dict] = []
+    res = train_segmenter(
+        ws,
+        epochs=2,
+        batch_size=4,
+        image_size=32,
+        min_masks=4,
+        val_fraction=0.25,
+        model_overrides={"arch": "tiny", "eager": 1},
+        progress=False,
+        on_event=events.append,
+    )
+    assert [e["event"] for e in events if e["event"] == "epoch"] == ["epoch", "epoch"]
+    ids = {r.image_id for r in ws.ledger.all()}
+    assert res.mask_versions == {i: 2 for i in ids}
+    sidecar = json.loads((res.model_dir / "segmenter.json").read_text())
+    assert sidecar["trained_on"] == res.mask_versions and sidecar["run_id"] == res.run_id
+    assert sidecar["n_train"] + sidecar["n_val"] == 8 and sidecar["n_val"] >= 2
+    (run,) = ws.ledger.runs("train-seg")
+    assert run["mask_versions"] == res.mask_versions and run["run_id"] == res.run_id
+    assert run["model"] == f"models/{res.run_id}/model.keras"
+    # the export is patient-grouped
+    rows = seg_data.read_index(res.export_dir)
+    val_p = {r.patient_id for r in rows if r.split == "val"}
+    assert val_p and not val_p & {r.patient_id for r in rows if r.split == "train"}
+    # the trained model is usable through the inference API at original resolution
+    seg = load_segmenter(res.model_dir)
+    assert seg.image_size == 32 and seg.version == res.run_id
+    img = np.random.default_rng(0).random((50, 70)).astype(np.float32)
+    (prob,) = segment_probability(seg, [img])
+    assert prob.shape == (50, 70) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
