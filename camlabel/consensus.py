@@ -14,40 +14,14 @@ Agreement is the mean pairwise Dice over the annotations that were merged (None 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import combinations
-
 import numpy as np
 
 from camlabel.errors import UsageError
+from camlabel.geometry import dice, iou, pairwise_dice
+
+__all__ = ["RULES", "dice", "iou", "merge", "pairwise_dice"]
 
 RULES: tuple[str, ...] = ("majority", "union", "intersection", "latest")
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two bool masks; 1.0 when both are empty."""
-    a = a.astype(bool, copy=False)
-    b = b.astype(bool, copy=False)
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks; 1.0 when both are empty."""
-    a = a.astype(bool, copy=False)
-    b = b.astype(bool, copy=False)
-    union = int(np.logical_or(a, b).sum())
-    if union == 0:
-        return 1.0
-    return int(np.logical_and(a, b).sum()) / union
-
-
-def pairwise_dice(masks: Sequence[np.ndarray]) -> float | None:
-    if len(masks) < 2:
-        return None
-    vals = [dice(a, b) for a, b in combinations(masks, 2)]
-    return float(np.mean(vals))
 
 
 def merge(masks: Sequence[np.ndarray], rule: str, updated_at: Sequence[str] | None = None) -> np.ndarray:

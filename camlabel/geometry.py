@@ -84,7 +84,7 @@ def _as_points(value: Any, what: str, *, min_points: int = 0) -> FloatArray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise GeometryError(
-            f"{what}: vertex {i} is not finite. Received: ({pts[i, 0]!r}, {pts[i, 1]!r})",
+            f"{what}: vertex {i} is not finite. Received: ({float(pts[i, 0])}, {float(pts[i, 1])})",
             hint="drop or fix NaN/inf vertices before converting the annotation",
         )
     if len(pts) < min_points:
@@ -762,21 +762,31 @@ def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8
     # windows[b]: the 32 bits starting at byte b. A header (3 + <= 16 bits) at any bit offset
     # (<= 7) fits in it, so one lookup per run finds the next run's position.
     wide = padded.astype(np.uint32)
-    windows: npt.NDArray[np.uint32] = (
-        (wide[:n_bytes] << 24) | (wide[1 : n_bytes + 1] << 16) | (wide[2 : n_bytes + 2] << 8)
-    ) | wide[3 : n_bytes + 3]
-    window = memoryview(windows)
-    low_bits = [(1 << k) - 1 for k in range(17)]
+    windows = np.asarray(
+        (wide[:n_bytes] << 24)
+        | (wide[1 : n_bytes + 1] << 16)
+        | (wide[2 : n_bytes + 2] << 8)
+        | wide[3 : n_bytes + 3],
+        dtype=np.uint32,
+    )
+    window = memoryview(windows)  # type: ignore[arg-type]  # ndarray is a buffer
+    # Per (repeat flag, size index): shift and mask of the count field, header bits, bits per
+    # counted value (literal runs carry `count` words, repeat runs one).
+    runs = [
+        (29 - n, (1 << n) - 1, 3 + n + (word if flag else 0), 0 if flag else word)
+        for flag in (0, 1)
+        for n in sizes
+    ]
     starts: list[int] = []
     append = starts.append
     pos, i = 53, 0
     while i < num and pos < n_bits:
         bits = window[pos >> 3] << (pos & 7)
         append(pos)
-        n = sizes[(bits >> 29) & 3]
-        count = ((bits >> (29 - n)) & low_bits[n]) + 1
+        shift, count_mask, header, per_value = runs[(bits >> 29) & 7]
+        count = ((bits >> shift) & count_mask) + 1
         i += count
-        pos += 3 + n + (word if (bits >> 31) & 1 else count * word)
+        pos += header + count * per_value
     if i < num or pos > n_bits:
         raise GeometryError(
             f"brush RLE is truncated: its {n_bytes} bytes end before value {min(i, num)} of {num}",

@@ -47,6 +47,7 @@ __all__ = [
     "Letterbox",
     "LoadedImage",
     "draw_polygons",
+    "image_key",
     "iter_image_paths",
     "overlay_heatmap",
     "overlay_mask",
@@ -91,7 +92,8 @@ class LoadedImage:
         bit_depth: bits per sample of the source (DICOM: Bits Stored).
         pixel_spacing_mm: DICOM Pixel Spacing (else Imager Pixel Spacing), ``(row, column)``.
 
-    Both arrays are read-only, so ``image_id`` stays the key of what the object holds.
+    Both arrays are read-only, so ``image_id`` stays the key of what the object holds. Instances
+    compare by identity; compare ``image_id`` to compare content.
     """
 
     pixels: np.ndarray
@@ -278,7 +280,7 @@ def _sniff(data: bytes, path: Path) -> str:
     hint = (
         "the file is not an image; check the path or how it was downloaded"
         if kind.startswith("a text file")
-        else "convert it to PNG first (e.g. with ImageMagick: convert in.gif out.png)"
+        else f"convert it to PNG first (e.g. with ImageMagick: convert '{path.name}' out.png)"
     )
     if path.suffix.lower() in IMAGE_SUFFIXES:
         kind += f", although it is named {path.suffix}"

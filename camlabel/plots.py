@@ -6,6 +6,7 @@ They are meant to be read by people in a report, not to be publication figures.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,11 +17,25 @@ from camlabel.imaging import write_png_atomic
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # BGR, colour-blind friendly (Okabe-Ito)
-PALETTE = ((178, 114, 0), (0, 94, 213), (115, 158, 0), (167, 121, 204), (66, 228, 240), (233, 180, 86))
+PALETTE = (
+    (178, 114, 0),
+    (0, 94, 213),
+    (115, 158, 0),
+    (167, 121, 204),
+    (66, 228, 240),
+    (233, 180, 86),
+)
 _GRAY = (110, 110, 110)
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45, color: tuple[int, int, int] = (30, 30, 30), thick: int = 1) -> None:
+def _text(
+    img: np.ndarray,
+    text: str,
+    org: tuple[int, int],
+    scale: float = 0.45,
+    color: tuple[int, int, int] = (30, 30, 30),
+    thick: int = 1,
+) -> None:
     cv2.putText(img, text, org, _FONT, scale, color, thick, cv2.LINE_AA)
 
 
@@ -57,7 +72,7 @@ def line_chart(
 
     def px(i: int, v: float) -> tuple[int, int]:
         fx = 0.5 if n == 1 else i / (n - 1)
-        return int(round(x0 + fx * (x1 - x0))), int(round(y1 - (v - lo) / (hi - lo) * (y1 - y0)))
+        return round(x0 + fx * (x1 - x0)), round(y1 - (v - lo) / (hi - lo) * (y1 - y0))
 
     for k in range(5):
         v = lo + (hi - lo) * k / 4
@@ -72,7 +87,7 @@ def line_chart(
     for k, (name, s) in enumerate(series.items()):
         color = PALETTE[k % len(PALETTE)]
         pts = [px(i, v) for i, v in enumerate(s) if np.isfinite(v)]
-        for a, b in zip(pts, pts[1:], strict=False):
+        for a, b in itertools.pairwise(pts):
             if name in dashed:
                 _dashed(img, a, b, color)
             else:
@@ -88,7 +103,13 @@ def line_chart(
     return img
 
 
-def _dashed(img: np.ndarray, a: tuple[int, int], b: tuple[int, int], color: tuple[int, int, int], dash: int = 6) -> None:
+def _dashed(
+    img: np.ndarray,
+    a: tuple[int, int],
+    b: tuple[int, int],
+    color: tuple[int, int, int],
+    dash: int = 6,
+) -> None:
     length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
     steps = max(1, int(length // dash))
     for s in range(0, steps, 2):
@@ -98,7 +119,9 @@ def _dashed(img: np.ndarray, a: tuple[int, int], b: tuple[int, int], color: tupl
         cv2.line(img, p0, p1, color, 2, cv2.LINE_AA)
 
 
-def confusion_matrix_image(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, title: str = "confusion matrix") -> np.ndarray:
+def confusion_matrix_image(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], *, title: str = "confusion matrix"
+) -> np.ndarray:
     """A BGR grid: rows = true class, columns = predicted; cell shade = row share."""
     cm = np.asarray(matrix, dtype=np.int64)
     k = len(labels)
@@ -117,7 +140,7 @@ def confusion_matrix_image(matrix: Sequence[Sequence[int]], labels: Sequence[str
         _text(img, name[:14], (10, top + i * cell + cell // 2 + 5), 0.42)
         for j in range(k):
             x, y = left + j * cell, top + i * cell
-            shade = 255 - int(round(share[i, j] * 200))
+            shade = 255 - round(share[i, j] * 200)
             color = (255, shade, shade) if i != j else (shade, 255, shade)
             cv2.rectangle(img, (x, y), (x + cell, y + cell), color, -1)
             cv2.rectangle(img, (x, y), (x + cell, y + cell), _GRAY, 1)
@@ -127,7 +150,9 @@ def confusion_matrix_image(matrix: Sequence[Sequence[int]], labels: Sequence[str
     return img
 
 
-def image_grid(tiles: Sequence[np.ndarray], captions: Sequence[str] = (), *, tile: int = 256, columns: int = 4) -> np.ndarray:
+def image_grid(
+    tiles: Sequence[np.ndarray], captions: Sequence[str] = (), *, tile: int = 256, columns: int = 4
+) -> np.ndarray:
     """Tiles (gray or BGR uint8, any size; fitted into ``tile x tile``) in a captioned grid."""
     n = len(tiles)
     cols = max(1, min(columns, n))
@@ -139,7 +164,11 @@ def image_grid(tiles: Sequence[np.ndarray], captions: Sequence[str] = (), *, til
         if t.ndim == 2:
             t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
         s = tile / max(t.shape[:2])
-        t = cv2.resize(t, (max(1, round(t.shape[1] * s)), max(1, round(t.shape[0] * s))), interpolation=cv2.INTER_AREA)
+        t = cv2.resize(
+            t,
+            (max(1, round(t.shape[1] * s)), max(1, round(t.shape[0] * s))),
+            interpolation=cv2.INTER_AREA,
+        )
         r, c = divmod(k, cols)
         y, x = r * (tile + cap), c * tile
         oy, ox = (tile - t.shape[0]) // 2, (tile - t.shape[1]) // 2

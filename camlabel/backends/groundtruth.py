@@ -71,6 +71,9 @@ if TYPE_CHECKING:
     from camlabel.workspace import Workspace
 
 JOB_TYPES = ("adjustment", "polygon")
+#: Options that are not settings: injected clients, and the Label Studio flags the CLI may
+#: fill from CAMLABEL_LS_* variables whatever the backend (ignored here).
+_FOREIGN_OPTIONS = ("sagemaker_client", "s3_client", "url", "token", "project", "upload")
 HASH_METADATA_KEY = "camlabel-sha256"
 JOB_NAME_PREFIX = "camlabel-"
 
@@ -180,9 +183,7 @@ class GroundTruthSettings:
             cfg = dict(workspace.config.get("groundtruth") or {})
             cfg.setdefault("label", workspace.config.get("lesion_label"))
         known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
-        unknown = sorted(
-            k for k in options if k not in known and k not in ("sagemaker_client", "s3_client")
-        )
+        unknown = sorted(k for k in options if k not in known and k not in _FOREIGN_OPTIONS)
         if unknown:
             raise ConfigError(
                 f"unknown Ground Truth option(s) {unknown}; supported options: {sorted(known)}"
@@ -394,13 +395,13 @@ class GroundTruthBackend(Backend):
         if dry_run:
             report.dry_run_files = self._write_dry_run(plan)
             try:
-                validate_request("sagemaker", "CreateLabelingJob", plan.request)
+                self._validate_create(plan.request)
             except ValidationError as exc:
                 report.failures.append(("CreateLabelingJob", str(exc)))
             report.pushed.update(refs)
             return report
 
-        validate_request("sagemaker", "CreateLabelingJob", plan.request)
+        self._validate_create(plan.request)
         existing = self._describe_job(plan.job_name)
         if existing is not None:
             report.details["job_created"] = False
@@ -412,16 +413,35 @@ class GroundTruthBackend(Backend):
             try:
                 self._call("sagemaker", "CreateLabelingJob", **plan.request)
             except Exception as exc:
-                if _is_client_error(exc):
+                if not _is_client_error(exc):
+                    raise
+                code = exc.response.get("Error", {}).get("Code")  # type: ignore[attr-defined]
+                if code != "ResourceInUse":
                     raise self._client_error(exc, f"CreateLabelingJob {plan.job_name}") from exc
-                raise
-            report.details["job_created"] = True
-            report.pushed.update(refs)
+                # Another run created the same job between Describe and Create.
+                report.details["job_created"] = False
+                report.already_present.update(refs)
+            else:
+                report.details["job_created"] = True
+                report.pushed.update(refs)
         if on_pushed is not None:
             on_pushed(
                 {**report.pushed, **{k: v for k, v in report.already_present.items() if k in refs}}
             )
         return report
+
+    def _validate_create(self, request: Mapping[str, Any]) -> None:
+        """Offline check of CreateLabelingJob; the hint names the flags behind the bad fields."""
+        try:
+            validate_request("sagemaker", "CreateLabelingJob", request)
+        except ValidationError as exc:
+            flags = [flag for field_name, flag in _FIELD_FLAGS.items() if field_name in exc.message]
+            hint = (
+                f"check {', '.join(flags)} (flag, CAMLABEL_GT_* variable or camlabel.json)"
+                if flags
+                else exc.hint
+            )
+            raise ValidationError(exc.message, hint=hint) from None
 
     def _job_ref(self, plan: JobPlan, idx: int, image_id: str, items: Sequence[PushItem]) -> JobRef:
         item = next(i for i in items if i.image_id == image_id)
@@ -747,7 +767,10 @@ class GroundTruthBackend(Backend):
         progress: bool,
     ) -> dict[str, Any] | None:
         any_ref = next(iter(refs.values()))
-        region = str(any_ref.extra.get("region") or self.settings.region)
+        # An explicit --region wins over the region recorded at push time.
+        region = str(
+            self.options.get("region") or any_ref.extra.get("region") or self.settings.region
+        )
         desc = self._describe_job(job, region)
         if desc is None:
             msg = f"labeling job {job} does not exist in region {region}"
@@ -1091,6 +1114,25 @@ class GroundTruthBackend(Backend):
             accepted_unchanged=accepted,
         )
         return AnnotationResult(ann, mask)
+
+
+#: CreateLabelingJob fields and the settings behind them (for error hints).
+_FIELD_FLAGS = {
+    "RoleArn": "--role-arn",
+    "WorkteamArn": "--workteam-arn",
+    "KmsKeyId": "--kms-key",
+    "S3Uri": "--bucket/--prefix",
+    "S3OutputPath": "--bucket/--prefix",
+    "PreHumanTaskLambdaArn": "--pre-lambda-arn",
+    "AnnotationConsolidationLambdaArn": "--acs-lambda-arn",
+    "TaskTimeLimitInSeconds": "task_time_limit",
+    "TaskAvailabilityLifetimeInSeconds": "task_availability",
+    "NumberOfHumanWorkersPerDataObject": "workers_per_object",
+    "MaxConcurrentTaskCount": "max_concurrent_tasks",
+    "TaskTitle": "task_title",
+    "TaskDescription": "task_description",
+    "TaskKeywords": "keywords",
+}
 
 
 def _is_client_error(exc: BaseException) -> bool:

@@ -94,6 +94,9 @@ HINT_DOWN = (
     "is the server running? Start the embedded one with: camlabel labelstudio start -w WS; "
     "for another server pass --url and --token (env CAMLABEL_LS_URL / CAMLABEL_LS_TOKEN)"
 )
+#: Fields read when pulling (task fields, then the annotation fields, see _changed_tasks).
+_ANN_KEYS = frozenset({"id", "result", "was_cancelled", "completed_by", "lead_time", "created_at", "updated_at"})
+PULL_INCLUDE = ",".join(["id", "data", "updated_at", "annotations", "predictions", *sorted(_ANN_KEYS - {"id", "updated_at"})])
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what the Data Manager's Datetime filter parses
 
 
@@ -199,6 +202,7 @@ class LabelStudioBackend(Backend):
         self._ls: LabelStudio | None = None
         self._http: httpx.Client | None = None
         self._project_id: int | None = None
+        self._pull_include: str | None = PULL_INCLUDE
 
     # ------------------------------------------------------------------ connection
     def _resolve(self) -> None:
@@ -252,7 +256,10 @@ class LabelStudioBackend(Backend):
                 follow_redirects=True,
             )
             self._ls = LabelStudio(
-                base_url=self.url, api_key=self._token, httpx_client=self._http, timeout=self.timeout
+                base_url=self.url,
+                api_key=self._token,
+                httpx_client=self._http,
+                timeout=self.timeout,
             )
         return self._ls
 
@@ -361,7 +368,9 @@ class LabelStudioBackend(Backend):
 
     @property
     def project_title(self) -> str:
-        return str(self.workspace.config.get("labelstudio", {}).get("project_title") or "camlabel lesions")
+        return str(
+            self.workspace.config.get("labelstudio", {}).get("project_title") or "camlabel lesions"
+        )
 
     def label_config(self) -> str:
         return label_config(self.lesion_label, self.workspace.classes)
@@ -390,7 +399,8 @@ class LabelStudioBackend(Backend):
         known = Counter(
             it.existing.project
             for it in items
-            if it.existing is not None and _same_server(str(it.existing.extra.get("url", "")), self.url or "")
+            if it.existing is not None
+            and _same_server(str(it.existing.extra.get("url", "")), self.url or "")
         )
         for project, _n in known.most_common():
             try:
@@ -405,7 +415,9 @@ class LabelStudioBackend(Backend):
         title = self.project_title
         found = [
             p
-            for p in self._call("list projects", lambda **kw: list(self.ls.projects.list(title=title, **kw)))
+            for p in self._call(
+                "list projects", lambda **kw: list(self.ls.projects.list(title=title, **kw))
+            )
             if p.title == title and MARKER in (p.description or "")
         ]
         if found:
@@ -424,7 +436,9 @@ class LabelStudioBackend(Backend):
             show_instruction=False,
             show_skip_button=True,
             enable_empty_annotation=True,
-            maximum_annotations=max(1, int(self.workspace.config.get("consensus", {}).get("min_annotations", 1))),
+            maximum_annotations=max(
+                1, int(self.workspace.config.get("consensus", {}).get("min_annotations", 1))
+            ),
         )
         assert created.id is not None
         self._project_id = int(created.id)
@@ -444,12 +458,16 @@ class LabelStudioBackend(Backend):
         try:
             root = ET.fromstring(config)
         except ET.ParseError as exc:
-            raise BackendError(f"project {pid}: its labeling config is not valid XML ({exc})") from exc
+            raise BackendError(
+                f"project {pid}: its labeling config is not valid XML ({exc})"
+            ) from exc
         poly = next(
             (
                 el
                 for el in root.iter()
-                if el.tag == "PolygonLabels" and el.get("name") == POLYGON_FROM and el.get("toName") == TO_NAME
+                if el.tag == "PolygonLabels"
+                and el.get("name") == POLYGON_FROM
+                and el.get("toName") == TO_NAME
             ),
             None,
         )
@@ -464,34 +482,48 @@ class LabelStudioBackend(Backend):
 
     # ------------------------------------------------------------------ listing
     def _task_pages(
-        self, pid: int, *, include: str, fields: str | None = None, filters: list[dict[str, Any]] | None = None
+        self,
+        pid: int,
+        *,
+        include: str | None = None,
+        fields: str | None = None,
+        filters: list[dict[str, Any]] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """The project's tasks, one page (list of plain dicts) at a time; each page is retried alone."""
-        query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
+        query = (
+            json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
+        )
         page = 1
         while True:
             kwargs: dict[str, Any] = {
                 "project": pid,
                 "page": page,
                 "page_size": self.page_size,
-                "include": include,
                 "resolve_uri": False,
             }
+            if include:
+                kwargs["include"] = include
             if fields:
                 kwargs["fields"] = fields
             if query:
                 kwargs["query"] = query
             try:
-                pager = self._call(f"list the tasks of project {pid} (page {page})", self.ls.tasks.list, **kwargs)
+                pager = self._call(
+                    f"list the tasks of project {pid} (page {page})", self.ls.tasks.list, **kwargs
+                )
             except BackendError as exc:
                 if page > 1 and "HTTP 404" in exc.message:  # past the last page
                     return
                 raise
-            items = [t.model_dump() if hasattr(t, "model_dump") else dict(t) for t in (pager.items or [])]
+            items = [
+                t.model_dump() if hasattr(t, "model_dump") else dict(t) for t in (pager.items or [])
+            ]
             if items:
                 yield items
             total = getattr(pager.response, "total", None) if pager.response is not None else None
-            if len(items) < self.page_size or (total is not None and page * self.page_size >= total):
+            if len(items) < self.page_size or (
+                total is not None and page * self.page_size >= total
+            ):
                 return
             page += 1
 
@@ -525,25 +557,40 @@ class LabelStudioBackend(Backend):
         if not upload:
             self._ensure_local_storage(pid)
         present = self.existing_tasks(pid)
-        already = {it.image_id: self._job(pid, present[it.image_id], it) for it in items if it.image_id in present}
+        already = {
+            it.image_id: self._job(pid, present[it.image_id], it)
+            for it in items
+            if it.image_id in present
+        }
         report.already_present.update(already)
         if already and on_pushed is not None:
             on_pushed(already)
         todo = [it for it in items if it.image_id not in present]
-        todo = list({it.image_id: it for it in todo}.values())  # one task per image, even if listed twice
+        todo = list(
+            {it.image_id: it for it in todo}.values()
+        )  # one task per image, even if listed twice
         chunks = 0
-        with progress_bar(total=len(todo), desc="push labelstudio", unit="task", enabled=progress) as bar:
+        with progress_bar(
+            total=len(todo), desc="push labelstudio", unit="task", enabled=progress
+        ) as bar:
             for start in range(0, len(todo), self.chunk_size):
                 chunk = todo[start : start + self.chunk_size]
                 tasks: list[tuple[PushItem, dict[str, Any]]] = []
-                urls = self._upload(pid, chunk) if upload else {it.image_id: self._local_url(it) for it in chunk}
+                urls = (
+                    self._upload(pid, chunk)
+                    if upload
+                    else {it.image_id: self._local_url(it) for it in chunk}
+                )
                 for it in chunk:
                     try:
                         tasks.append((it, self.task_payload(it, urls[it.image_id])))
                     except CamlabelError as exc:
                         report.failures.append((it.image_id[:12], exc.message))
                 ids = self._import_chunk(pid, tasks)
-                jobs = {iid: self._job(pid, tid, next(it for it, _ in tasks if it.image_id == iid)) for iid, tid in ids.items()}
+                jobs = {
+                    iid: self._job(pid, tid, next(it for it, _ in tasks if it.image_id == iid))
+                    for iid, tid in ids.items()
+                }
                 report.pushed.update(jobs)
                 chunks += 1
                 if on_pushed is not None and jobs:
@@ -554,7 +601,12 @@ class LabelStudioBackend(Backend):
 
     def _job(self, pid: int, task_id: int, item: PushItem) -> JobRef:
         ex = item.existing
-        if ex is not None and ex.backend == self.name and ex.project == str(pid) and ex.task == str(task_id):
+        if (
+            ex is not None
+            and ex.backend == self.name
+            and ex.project == str(pid)
+            and ex.task == str(task_id)
+        ):
             return ex  # unchanged: no ledger churn on re-runs
         return JobRef(
             backend=self.name,
@@ -563,7 +615,9 @@ class LabelStudioBackend(Backend):
             extra={"url": self.url, "width": item.width, "height": item.height},
         )
 
-    def _import_chunk(self, pid: int, tasks: list[tuple[PushItem, dict[str, Any]]]) -> dict[str, int]:
+    def _import_chunk(
+        self, pid: int, tasks: list[tuple[PushItem, dict[str, Any]]]
+    ) -> dict[str, int]:
         """Import one chunk; after a failed attempt, re-list first and send only what is missing."""
         done: dict[str, int] = {}
         pending = list(tasks)
@@ -583,15 +637,29 @@ class LabelStudioBackend(Backend):
                 if attempt > 1:
                     raise
                 present = self.existing_tasks(pid)
-                done.update({it.image_id: present[it.image_id] for it, _ in pending if it.image_id in present})
+                done.update(
+                    {
+                        it.image_id: present[it.image_id]
+                        for it, _ in pending
+                        if it.image_id in present
+                    }
+                )
                 pending = [(it, t) for it, t in pending if it.image_id not in present]
                 continue
             ids = list(resp.task_ids or [])
             if len(ids) == len(pending):  # Label Studio returns them in request order
-                done.update({it.image_id: int(tid) for (it, _), tid in zip(pending, ids, strict=True)})
+                done.update(
+                    {it.image_id: int(tid) for (it, _), tid in zip(pending, ids, strict=True)}
+                )
             else:
                 present = self.existing_tasks(pid)
-                done.update({it.image_id: present[it.image_id] for it, _ in pending if it.image_id in present})
+                done.update(
+                    {
+                        it.image_id: present[it.image_id]
+                        for it, _ in pending
+                        if it.image_id in present
+                    }
+                )
             pending = []
         return done
 
@@ -615,7 +683,9 @@ class LabelStudioBackend(Backend):
         if pre is not None:
             for i, poly in enumerate(pre.polygons):
                 # Label Studio polygons have no holes; only the exterior is offered.
-                pts = px_to_pct(np.asarray(poly["exterior"], dtype=np.float64), item.width, item.height)
+                pts = px_to_pct(
+                    np.asarray(poly["exterior"], dtype=np.float64), item.width, item.height
+                )
                 result.append(
                     {
                         "id": f"cam{i}",
@@ -625,7 +695,11 @@ class LabelStudioBackend(Backend):
                         "original_width": item.width,
                         "original_height": item.height,
                         "image_rotation": 0,
-                        "value": {"points": pts.tolist(), "closed": True, "polygonlabels": [self.lesion_label]},
+                        "value": {
+                            "points": pts.tolist(),
+                            "closed": True,
+                            "polygonlabels": [self.lesion_label],
+                        },
                     }
                 )
         if item.predicted_class is not None and item.predicted_class in self.workspace.classes:
@@ -640,7 +714,10 @@ class LabelStudioBackend(Backend):
             )
         if not result:
             return None
-        pred: dict[str, Any] = {"result": result, "model_version": pre.model_version if pre else "classifier"}
+        pred: dict[str, Any] = {
+            "result": result,
+            "model_version": pre.model_version if pre else "classifier",
+        }
         score = pre.score if pre is not None and pre.score is not None else item.probability
         if score is not None:
             pred["score"] = float(score)
@@ -693,7 +770,10 @@ class LabelStudioBackend(Backend):
         urls: dict[str, str] = {}
         for start in range(0, len(chunk), UPLOAD_CHUNK):
             part = chunk[start : start + UPLOAD_CHUNK]
-            files = {f"file{i}": (f"{it.image_id}.png", Path(it.display_png).read_bytes(), "image/png") for i, it in enumerate(part)}
+            files = {
+                f"file{i}": (f"{it.image_id}.png", Path(it.display_png).read_bytes(), "image/png")
+                for i, it in enumerate(part)
+            }
             resp = self._raw(
                 f"upload {len(part)} image(s) to project {pid}",
                 "POST",
@@ -710,7 +790,9 @@ class LabelStudioBackend(Backend):
                         urls[it.image_id] = "/data/" + name
         missing = [it.image_id[:12] for it in chunk if it.image_id not in urls]
         if missing:
-            raise BackendError(f"Label Studio at {self.url} did not confirm the upload of {len(missing)} image(s): {missing[:5]}")
+            raise BackendError(
+                f"Label Studio at {self.url} did not confirm the upload of {len(missing)} image(s): {missing[:5]}"
+            )
         return urls
 
     def _dry_run(self, items: Sequence[PushItem]) -> PushReport:
@@ -759,36 +841,47 @@ class LabelStudioBackend(Backend):
             by_project.setdefault(str(job.project), {})[image_id] = job
         users = _LazyUsers(self)
         new_since = dict(since_all)
-        with progress_bar(total=None, desc="pull labelstudio", unit="task", enabled=progress) as bar:
+        with progress_bar(
+            total=None, desc="pull labelstudio", unit="task", enabled=progress
+        ) as bar:
             for project, pjobs in by_project.items():
                 try:
                     pid = int(project)
                 except ValueError:
-                    report.failures.extend((iid[:12], f"invalid project id {project!r}") for iid in pjobs)
+                    report.failures.extend(
+                        (iid[:12], f"invalid project id {project!r}") for iid in pjobs
+                    )
                     continue
                 since = since_all.get(project)
                 filters = (
-                    [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": since}]
+                    [
+                        {
+                            "filter": "filter:tasks:updated_at",
+                            "operator": "greater",
+                            "type": "Datetime",
+                            "value": since,
+                        }
+                    ]
                     if since
                     else None
                 )
                 seen: set[str] = set()
-                for page in self._task_pages(
-                    pid, include="id,data,updated_at,annotations,predictions", fields="all", filters=filters
-                ):
-                    for task in page:
-                        iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
-                        job = pjobs.get(iid)
-                        if job is None or iid in seen:
-                            continue  # not this workspace's image (or a duplicate task)
-                        seen.add(iid)
-                        size = sizes.get(iid) or (job.extra.get("width"), job.extra.get("height"))
-                        report.outcomes.append(self._outcome(iid, job, task, size, users))
-                        bar.update(1)
+                for task in self._changed_tasks(pid, filters):
+                    iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
+                    job = pjobs.get(iid)
+                    if job is None or iid in seen:
+                        continue  # not this workspace's image (or a duplicate task)
+                    seen.add(iid)
+                    size = sizes.get(iid) or (job.extra.get("width"), job.extra.get("height"))
+                    report.outcomes.append(self._outcome(iid, job, task, size, users))
+                    bar.update(1)
                 if since is None:
                     missing = [iid for iid in pjobs if iid not in seen]
                     report.failures.extend(
-                        (iid[:12], f"task {pjobs[iid].task} is no longer in project {pid} on {self.url}")
+                        (
+                            iid[:12],
+                            f"task {pjobs[iid].task} is no longer in project {pid} on {self.url}",
+                        )
                         for iid in missing
                     )
                 else:
@@ -798,19 +891,54 @@ class LabelStudioBackend(Backend):
         report.cursor = {"server": self.url, "updated_since": new_since}
         return report
 
+    def _changed_tasks(
+        self, pid: int, filters: list[dict[str, Any]] | None
+    ) -> list[dict[str, Any]]:
+        """Tasks (with annotations and predictions) matching ``filters``, all pages.
+
+        ``include`` halves the server's work, but Label Studio applies that field list to the
+        nested annotations too, so it names the annotation fields read here. Should a server
+        version strip them anyway, the listing is redone without ``include``.
+        """
+        if self._pull_include is not None:
+            tasks = [
+                t
+                for page in self._task_pages(
+                    pid, include=self._pull_include, fields="all", filters=filters
+                )
+                for t in page
+            ]
+            anns = [a for t in tasks for a in t.get("annotations") or []]
+            if all(isinstance(a, Mapping) and _ANN_KEYS <= a.keys() for a in anns):
+                return tasks
+            self._pull_include = None
+        return [t for page in self._task_pages(pid, fields="all", filters=filters) for t in page]
+
     def _report_unannotated(
         self, pid: int, pjobs: Mapping[str, JobRef], seen: set[str], report: PullReport
     ) -> None:
         filters = [
-            {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
-            {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
+            {
+                "filter": "filter:tasks:total_annotations",
+                "operator": "equal",
+                "type": "Number",
+                "value": 0,
+            },
+            {
+                "filter": "filter:tasks:cancelled_annotations",
+                "operator": "equal",
+                "type": "Number",
+                "value": 0,
+            },
         ]
         for page in self._task_pages(pid, include="id,data", filters=filters):
             for task in page:
                 iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
                 if iid in pjobs and iid not in seen:
                     seen.add(iid)
-                    report.outcomes.append(TaskOutcome(image_id=iid, job=pjobs[iid], status="unannotated"))
+                    report.outcomes.append(
+                        TaskOutcome(image_id=iid, job=pjobs[iid], status="unannotated")
+                    )
 
     def _server_clock(self) -> str:
         """The server's clock minus the margin, in the Data Manager filter's format."""
@@ -823,11 +951,24 @@ class LabelStudioBackend(Backend):
         return when.strftime(_TS_FORMAT)
 
     def _outcome(
-        self, image_id: str, job: JobRef, task: Mapping[str, Any], size: tuple[Any, Any], users: _LazyUsers
+        self,
+        image_id: str,
+        job: JobRef,
+        task: Mapping[str, Any],
+        size: tuple[Any, Any],
+        users: _LazyUsers,
     ) -> TaskOutcome:
         task_id = str(task.get("id"))
-        job_now = job if job.task == task_id else JobRef(
-            backend=job.backend, project=job.project, task=task_id, pushed_at=job.pushed_at, extra=job.extra
+        job_now = (
+            job
+            if job.task == task_id
+            else JobRef(
+                backend=job.backend,
+                project=job.project,
+                task=task_id,
+                pushed_at=job.pushed_at,
+                extra=job.extra,
+            )
         )
         anns = [a for a in task.get("annotations") or [] if isinstance(a, Mapping)]
         if not anns:
@@ -836,19 +977,26 @@ class LabelStudioBackend(Backend):
             width, height = int(size[0]), int(size[1])
         except (TypeError, ValueError):
             return TaskOutcome(
-                image_id=image_id, job=job_now, status="failed",
+                image_id=image_id,
+                job=job_now,
+                status="failed",
                 message=f"task {task_id}: the image size is unknown (not in the ledger)",
             )
         prediction = _camlabel_prediction(task)
         results: list[AnnotationResult] = []
         try:
             for a in sorted(anns, key=lambda a: int(a.get("id") or 0)):
-                results.append(self.convert_annotation(a, task_id, width, height, prediction, users))
+                results.append(
+                    self.convert_annotation(a, task_id, width, height, prediction, users)
+                )
         except AnnotationError as exc:
             return TaskOutcome(image_id=image_id, job=job_now, status="failed", message=exc.message)
         submitted = any(r.annotation.status == "submitted" for r in results)
         return TaskOutcome(
-            image_id=image_id, job=job_now, status="annotated" if submitted else "skipped", annotations=tuple(results)
+            image_id=image_id,
+            job=job_now,
+            status="annotated" if submitted else "skipped",
+            annotations=tuple(results),
         )
 
     def convert_annotation(
@@ -968,12 +1116,17 @@ def _camlabel_prediction(task: Mapping[str, Any]) -> dict[str, Any] | None:
     preds = [p for p in task.get("predictions") or [] if isinstance(p, Mapping)]
     preds.sort(key=lambda p: int(p.get("id") or 0))
     for p in reversed(preds):
-        if any(isinstance(r, Mapping) and r.get("from_name") == POLYGON_FROM for r in p.get("result") or []):
+        if any(
+            isinstance(r, Mapping) and r.get("from_name") == POLYGON_FROM
+            for r in p.get("result") or []
+        ):
             return dict(p)
     return dict(preds[-1]) if preds else None
 
 
-def _accepted_unchanged(regions: Sequence[Mapping[str, Any]], prediction: Mapping[str, Any] | None) -> bool | None:
+def _accepted_unchanged(
+    regions: Sequence[Mapping[str, Any]], prediction: Mapping[str, Any] | None
+) -> bool | None:
     """True when every lesion region came from the prediction unchanged (origin and points).
 
     None when there was no prediction to accept.
@@ -994,7 +1147,11 @@ def _accepted_unchanged(regions: Sequence[Mapping[str, Any]], prediction: Mappin
     for pts in drawn:
         a = np.asarray(pts, dtype=np.float64)
         hit = next(
-            (i for i, b in enumerate(remaining) if a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)),
+            (
+                i
+                for i, b in enumerate(remaining)
+                if a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)
+            ),
             None,
         )
         if hit is None:

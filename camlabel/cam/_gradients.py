@@ -52,7 +52,9 @@ def _as_list(x: Any) -> list[Any]:
     return list(x) if isinstance(x, list | tuple) else [x]
 
 
-def _tensorflow(features: keras.Model, head: keras.Model, post: PostFn, input_shape: tuple[int, ...]) -> CamFn:
+def _tensorflow(
+    features: keras.Model, head: keras.Model, post: PostFn, input_shape: tuple[int, ...]
+) -> CamFn:
     import tensorflow as tf
 
     @tf.function(

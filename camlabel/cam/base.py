@@ -106,7 +106,9 @@ def split_model(
     scores = model.get_layer(score_layer).output if score_layer else probs
     features = keras.Model(model.inputs, acts, name=f"{model.name}_cam_features")
     try:
-        head = keras.Model(acts if len(acts) > 1 else acts[0], [scores, probs], name=f"{model.name}_cam_head")
+        head = keras.Model(
+            acts if len(acts) > 1 else acts[0], [scores, probs], name=f"{model.name}_cam_head"
+        )
     except Exception as exc:
         raise ModelError(
             f"the score of {model.name!r} does not depend on the input only through {list(target_layers)}: {exc}",
@@ -157,7 +159,9 @@ class BaseCAM:
                 score_layer = "logits"
         shape = tuple(model.inputs[0].shape[1:])
         if any(d is None for d in shape):
-            raise ModelError(f"the model input must have a fixed size. Received: input shape {shape}")
+            raise ModelError(
+                f"the model input must have a fixed size. Received: input shape {shape}"
+            )
         self.model = model
         self.target_layers = tuple(target_layers)
         self.score_layer = score_layer
@@ -177,7 +181,9 @@ class BaseCAM:
         weights = self.get_cam_weights(activations, grads)
         return ops.relu(ops.sum(weights * activations, axis=-1))
 
-    def _post(self, acts: list[Any], grads: list[Any], scores: Any, probs: Any, targets: Any) -> dict[str, Any]:
+    def _post(
+        self, acts: list[Any], grads: list[Any], scores: Any, probs: Any, targets: Any
+    ) -> dict[str, Any]:
         height, width = self.input_shape[:2]
         raws, ups = [], []
         for a, g in zip(acts, grads, strict=True):
@@ -197,7 +203,9 @@ class BaseCAM:
 
     def _compiled(self) -> CamFn:
         if self._fn is None:
-            self._fn = compile_cam_function(self._features, self._head, self._post, self.input_shape)
+            self._fn = compile_cam_function(
+                self._features, self._head, self._post, self.input_shape
+            )
         return self._fn
 
     def __call__(
@@ -214,6 +222,7 @@ class BaseCAM:
                 f"Received: shape={images.shape}"
             )
         n = len(images)
+        tgt: np.ndarray
         if targets is None:
             tgt = np.full(n, -1, np.int32)
         elif np.isscalar(targets):
@@ -221,10 +230,14 @@ class BaseCAM:
         else:
             tgt = np.asarray(targets, np.int32)
             if tgt.shape != (n,):
-                raise ModelError(f"targets must be one int per image ({n}). Received: shape={tgt.shape}")
+                raise ModelError(
+                    f"targets must be one int per image ({n}). Received: shape={tgt.shape}"
+                )
         n_classes = int(self.model.outputs[0].shape[-1])
         if np.any(tgt >= n_classes):
-            raise ModelError(f"target class index must be < {n_classes}. Received: {sorted(set(tgt.tolist()))}")
+            raise ModelError(
+                f"target class index must be < {n_classes}. Received: {sorted(set(tgt.tolist()))}"
+            )
         fn = self._compiled()
         step = batch_size or max(n, 1)
         parts = [fn(images[i : i + step], tgt[i : i + step]) for i in range(0, n, step)]

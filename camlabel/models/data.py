@@ -95,7 +95,9 @@ def read_dataset(data: str | Path, classes: Sequence[str] | None = None) -> Data
             "(no such file or folder)"
         )
     if not paths:
-        raise UsageError(f"no images found in {data}", hint="expected DATA/<class>/*.png or a metadata.csv")
+        raise UsageError(
+            f"no images found in {data}", hint="expected DATA/<class>/*.png or a metadata.csv"
+        )
     found = sorted(set(labels))
     if classes is None:
         from camlabel.models.ensemble import DEFAULT_CLASSES
@@ -108,13 +110,23 @@ def read_dataset(data: str | Path, classes: Sequence[str] | None = None) -> Data
             f"{data}: labels {unknown} are not among the classes {list(classes)}",
             hint="pass --classes with every label used in the data",
         )
-    return Dataset(root=root, paths=tuple(paths), labels=tuple(labels), patient_ids=tuple(pids), classes=classes)
+    return Dataset(
+        root=root,
+        paths=tuple(paths),
+        labels=tuple(labels),
+        patient_ids=tuple(pids),
+        classes=classes,
+    )
 
 
 def _class_dirs(folder: Path) -> list[Path]:
     from camlabel.imaging import iter_image_paths
 
-    return [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".") and iter_image_paths([d])]
+    return [
+        d
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and iter_image_paths([d])
+    ]
 
 
 def _read_folders(folder: Path) -> tuple[Path, list[Path], list[str], list[str | None]]:

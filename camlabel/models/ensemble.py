@@ -229,14 +229,18 @@ def _check_args(
     pretrained: str | None,
 ) -> None:
     if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ModelError(f"`classes` must be at least 2 distinct names. Received: classes={list(classes)}")
+        raise ModelError(
+            f"`classes` must be at least 2 distinct names. Received: classes={list(classes)}"
+        )
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise ModelError(
             f"`image_size` must be an integer >= {MIN_IMAGE_SIZE} (the smallest input all three "
             f"backbones accept). Received: image_size={image_size!r}"
         )
     if not backbones:
-        raise ModelError(f"`backbones` must name at least one of {sorted(BACKBONES)}. Received: backbones=()")
+        raise ModelError(
+            f"`backbones` must name at least one of {sorted(BACKBONES)}. Received: backbones=()"
+        )
     for name in backbones:
         get_backbone_spec(name)
     if len(set(backbones)) != len(backbones):
@@ -244,9 +248,13 @@ def _check_args(
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
     if not 0.0 <= freeze_fraction <= 1.0:
-        raise ModelError(f"`freeze_fraction` must be in [0, 1]. Received: freeze_fraction={freeze_fraction!r}")
+        raise ModelError(
+            f"`freeze_fraction` must be in [0, 1]. Received: freeze_fraction={freeze_fraction!r}"
+        )
     if pretrained not in (None, "imagenet"):
-        raise ModelError(f"`pretrained` must be None or 'imagenet'. Received: pretrained={pretrained!r}")
+        raise ModelError(
+            f"`pretrained` must be None or 'imagenet'. Received: pretrained={pretrained!r}"
+        )
 
 
 def build_ensemble(
@@ -395,7 +403,9 @@ def load_keras_model(path: str | Path) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:
-        raise ModelError(f"cannot load {path}: {exc}", hint="is it a complete .keras file?") from exc
+        raise ModelError(
+            f"cannot load {path}: {exc}", hint="is it a complete .keras file?"
+        ) from exc
 
 
 def class_weights_from_counts(counts: Sequence[int]) -> dict[int, float]:
@@ -431,7 +441,9 @@ def parse_class_weights(
             try:
                 pairs[key.strip()] = float(value)
             except ValueError:
-                raise ModelError(f"class weight for {key.strip()!r} is not a number. Received: {value!r}") from None
+                raise ModelError(
+                    f"class weight for {key.strip()!r} is not a number. Received: {value!r}"
+                ) from None
         spec = pairs
     unknown = sorted(set(spec) - set(classes))
     missing = [c for c in classes if c not in spec]

@@ -7,9 +7,9 @@
       "classes": ["covid", "pneumonia", "normal"],
       "accuracy": 0.91,
       "macro_f1": 0.90,
-      "macro_roc_auc": 0.97,              # mean over classes with a defined AUC; null if none
+      "macro_auc": 0.97,                  # one-vs-rest ROC AUC, mean over classes that have one
       "per_class": {
-        "covid": {"precision": 0.95, "recall": 0.9, "f1": 0.92, "support": 30, "roc_auc": 0.98},
+        "covid": {"precision": 0.95, "recall": 0.9, "f1": 0.92, "support": 30, "auc": 0.98},
         ...
       },
       "confusion_matrix": {"labels": [...], "matrix": [[...], ...]}   # rows: true, cols: predicted
@@ -19,7 +19,7 @@ Undefined values (precision of a class never predicted, AUC of a class without p
 or negatives) are ``null``. A class that is present but never predicted (or predicted but
 absent) has F1 0 (scikit-learn's ``zero_division=0``); a class neither present nor
 predicted is left out of ``macro_f1``; classes without an AUC are left out of
-``macro_roc_auc``.
+``macro_auc``. ``auc`` is the one-vs-rest ROC AUC of the class probability.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def classification_metrics(
     p = np.asarray(probabilities, dtype=np.float64)
     k = len(classes)
     if p.ndim != 2 or p.shape != (len(y), k):
-        raise ValueError(f"probabilities must have shape ({len(y)}, {k}). Received: shape={p.shape}")
+        raise ValueError(
+            f"probabilities must have shape ({len(y)}, {k}). Received: shape={p.shape}"
+        )
     pred = p.argmax(axis=1) if len(y) else np.zeros(0, np.int64)
     cm = confusion_matrix(y, pred, k)
     per_class: dict[str, dict[str, Any]] = {}
@@ -97,18 +99,18 @@ def classification_metrics(
             "recall": recall,
             "f1": f1,
             "support": support,
-            "roc_auc": auc,
+            "auc": auc,
         }
         if f1 is not None:
             f1s.append(f1)
         if auc is not None:
             aucs.append(auc)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "classes": list(classes),
         "accuracy": float((pred == y).mean()) if len(y) else None,
         "macro_f1": float(np.mean(f1s)) if f1s else None,
-        "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
+        "macro_auc": float(np.mean(aucs)) if aucs else None,
         "per_class": per_class,
         "confusion_matrix": {"labels": list(classes), "matrix": cm.tolist()},
     }

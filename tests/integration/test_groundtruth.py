@@ -124,7 +124,12 @@ def rect_mask(h: int, w: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
 def gt_square(x0, y0, x1, y1, label="Opacity"):
     return {
         "label": label,
-        "vertices": [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1}, {"x": x0, "y": y1}],
+        "vertices": [
+            {"x": x0, "y": y0},
+            {"x": x1, "y": y0},
+            {"x": x1, "y": y1},
+            {"x": x0, "y": y1},
+        ],
     }
 
 
@@ -152,9 +157,14 @@ def make_items(ws: Workspace, images=IMAGES) -> list[PushItem]:
         png = ws.display_png(image_id)
         cv2.imwrite(str(png), pixels)
         pre = Preannotation(
-            polygons=(rect(*box),), source="gradcam", model_version="t", created_at="2026-01-02T03:04:05Z"
+            polygons=(rect(*box),),
+            source="gradcam",
+            model_version="t",
+            created_at="2026-01-02T03:04:05Z",
         )
-        items.append(PushItem(image_id=image_id, width=w, height=h, display_png=png, preannotation=pre))
+        items.append(
+            PushItem(image_id=image_id, width=w, height=h, display_png=png, preannotation=pre)
+        )
     return sorted(items, key=lambda i: i.image_id)  # the order the backend writes the manifest in
 
 
@@ -218,7 +228,13 @@ def describe_response(
     resp: dict[str, Any] = {
         "LabelingJobStatus": status,
         "LabelCounters": counters
-        or {"TotalLabeled": 0, "HumanLabeled": 0, "MachineLabeled": 0, "FailedNonRetryableError": 0, "Unlabeled": 2},
+        or {
+            "TotalLabeled": 0,
+            "HumanLabeled": 0,
+            "MachineLabeled": 0,
+            "FailedNonRetryableError": 0,
+            "Unlabeled": 2,
+        },
         "CreationTime": now,
         "LastModifiedTime": now,
         "JobReferenceCode": "ref",
@@ -247,7 +263,8 @@ def describe_response(
 def capture_requests(client) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     client.meta.events.register(
-        "provide-client-params.sagemaker.CreateLabelingJob", lambda params, **kw: seen.append(dict(params))
+        "provide-client-params.sagemaker.CreateLabelingJob",
+        lambda params, **kw: seen.append(dict(params)),
     )
     return seen
 
@@ -258,9 +275,14 @@ def test_push_adjustment_uploads_exactly_the_expected_encrypted_objects(ws, s3, 
     created = capture_requests(client)
     items = make_items(ws)
     not_found(stub)
-    stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"})
+    stub.add_response(
+        "create_labeling_job",
+        {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"},
+    )
     pushed: list[dict] = []
-    report = backend(ws, aws_env, client).push(items, progress=False, on_pushed=lambda j: pushed.append(dict(j)))
+    report = backend(ws, aws_env, client).push(
+        items, progress=False, on_pushed=lambda j: pushed.append(dict(j))
+    )
 
     job = report.project
     assert report.failures == []
@@ -269,7 +291,9 @@ def test_push_adjustment_uploads_exactly_the_expected_encrypted_objects(ws, s3, 
     assert report.details["job_created"] is True
     ref = report.pushed[items[0].image_id]
     assert ref.backend == "groundtruth" and ref.project == job
-    assert {k: ref.extra[k] for k in ("bucket", "prefix", "job_type", "label_attribute", "region")} == {
+    assert {
+        k: ref.extra[k] for k in ("bucket", "prefix", "job_type", "label_attribute", "region")
+    } == {
         "bucket": BUCKET,
         "prefix": "camlabel",
         "job_type": "adjustment",
@@ -280,7 +304,10 @@ def test_push_adjustment_uploads_exactly_the_expected_encrypted_objects(ws, s3, 
     objects = all_objects(s3)
     images = {f"camlabel/images/{i.image_id}.png" for i in items}
     masks = {k for k in objects if k.startswith("camlabel/cam-masks/")}
-    job_files = {f"camlabel/jobs/{job}/{n}" for n in ("input.manifest", "categories.json", "template.liquid.html")}
+    job_files = {
+        f"camlabel/jobs/{job}/{n}"
+        for n in ("input.manifest", "categories.json", "template.liquid.html")
+    }
     assert set(objects) == images | masks | job_files
     assert len(masks) == len(items)
     for key in objects:
@@ -289,12 +316,16 @@ def test_push_adjustment_uploads_exactly_the_expected_encrypted_objects(ws, s3, 
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         assert head["Metadata"]["camlabel-sha256"] == hashlib.sha256(body).hexdigest()
     for item in items:  # the display PNG goes up byte for byte
-        assert s3.get_object(Bucket=BUCKET, Key=f"camlabel/images/{item.image_id}.png")["Body"].read() == (
-            item.display_png.read_bytes()
-        )
+        assert s3.get_object(Bucket=BUCKET, Key=f"camlabel/images/{item.image_id}.png")[
+            "Body"
+        ].read() == (item.display_png.read_bytes())
 
     # Manifest lines: valid JSON, referencing existing objects, CAM mask = the pre-annotation.
-    manifest = s3.get_object(Bucket=BUCKET, Key=f"camlabel/jobs/{job}/input.manifest")["Body"].read().decode()
+    manifest = (
+        s3.get_object(Bucket=BUCKET, Key=f"camlabel/jobs/{job}/input.manifest")["Body"]
+        .read()
+        .decode()
+    )
     lines = [json.loads(x) for x in manifest.splitlines()]
     assert [ln["camlabel-image-id"] for ln in lines] == [i.image_id for i in items]
     for ln, item in zip(lines, items, strict=True):
@@ -303,9 +334,15 @@ def test_push_adjustment_uploads_exactly_the_expected_encrypted_objects(ws, s3, 
         assert split(ln["camlabel-cam-ref"])[1] in objects
         md = ln["camlabel-cam-ref-metadata"]
         assert md["internal-color-map"]["0"]["class-name"] == "BACKGROUND"
-        assert md["internal-color-map"]["1"] == {"class-name": "Opacity", "hex-color": LESION_HEX, "confidence": 0.0}
+        assert md["internal-color-map"]["1"] == {
+            "class-name": "Opacity",
+            "hex-color": LESION_HEX,
+            "confidence": 0.0,
+        }
         assert md["type"] == "groundtruth/semantic-segmentation"
-        png = cv2.imdecode(np.frombuffer(get(s3, ln["camlabel-cam-ref"]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        png = cv2.imdecode(
+            np.frombuffer(get(s3, ln["camlabel-cam-ref"]), np.uint8), cv2.IMREAD_COLOR
+        )[..., ::-1]
         assert png.shape == (h, w, 3)
         lesion = np.all(png == LESION_RGB, axis=2)
         white = np.all(png == 255, axis=2)
@@ -323,7 +360,10 @@ def test_push_adjustment_uploads_exactly_the_expected_encrypted_objects(ws, s3, 
     assert req["LabelAttributeName"] != "camlabel-cam-ref"
     assert req["RoleArn"] == ROLE
     htc = req["HumanTaskConfig"]
-    assert htc["PreHumanTaskLambdaArn"] == "arn:aws:lambda:us-east-1:432418664414:function:PRE-AdjustmentSemanticSegmentation"
+    assert (
+        htc["PreHumanTaskLambdaArn"]
+        == "arn:aws:lambda:us-east-1:432418664414:function:PRE-AdjustmentSemanticSegmentation"
+    )
     assert htc["AnnotationConsolidationConfig"]["AnnotationConsolidationLambdaArn"] == (
         "arn:aws:lambda:us-east-1:432418664414:function:ACS-AdjustmentSemanticSegmentation"
     )
@@ -340,7 +380,10 @@ def test_rerun_uploads_nothing_new_and_creates_no_second_job(ws, s3, sm, aws_env
     client, stub = sm
     items = make_items(ws)
     not_found(stub)
-    stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"})
+    stub.add_response(
+        "create_labeling_job",
+        {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"},
+    )
     first = backend(ws, aws_env, client).push(items, progress=False)
     before = {k: (v["ETag"], v["LastModified"]) for k, v in all_objects(s3).items()}
 
@@ -367,12 +410,19 @@ def test_a_retry_after_a_refused_create_skips_identical_uploads(ws, s3, sm, aws_
     client, stub = sm
     items = make_items(ws)
     not_found(stub)
-    stub.add_client_error("create_labeling_job", service_error_code="ResourceLimitExceeded", service_message="too many jobs")
+    stub.add_client_error(
+        "create_labeling_job",
+        service_error_code="ResourceLimitExceeded",
+        service_message="too many jobs",
+    )
     with pytest.raises(Exception, match="ResourceLimitExceeded"):
         backend(ws, aws_env, client).push(items, progress=False)
     n_objects = len(all_objects(s3))
     not_found(stub)
-    stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"})
+    stub.add_response(
+        "create_labeling_job",
+        {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"},
+    )
     report = backend(ws, aws_env, client).push(items, progress=False)
     assert report.details["uploaded"] == 0
     assert report.details["unchanged_objects"] == n_objects
@@ -384,7 +434,10 @@ def test_push_with_kms_key_uses_sse_kms(ws, s3, sm, aws_env):
     kms = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     created = capture_requests(client)
     not_found(stub)
-    stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"})
+    stub.add_response(
+        "create_labeling_job",
+        {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"},
+    )
     backend(ws, aws_env, client, kms_key=kms).push(make_items(ws)[:1], progress=False)
     for key in all_objects(s3):
         head = s3.head_object(Bucket=BUCKET, Key=key)
@@ -400,7 +453,10 @@ def test_push_polygon_job(ws, s3, sm, aws_env):
     created = capture_requests(client)
     items = make_items(ws)
     not_found(stub)
-    stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"})
+    stub.add_response(
+        "create_labeling_job",
+        {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"},
+    )
     report = backend(
         ws, aws_env, client, job_type="polygon", pre_lambda_arn=PRE_ARN, acs_lambda_arn=ACS_ARN
     ).push(items, progress=False)
@@ -410,7 +466,10 @@ def test_push_polygon_job(ws, s3, sm, aws_env):
     assert req["LabelAttributeName"] == "camlabel-lesion-polygons"
     assert not req["LabelAttributeName"].endswith("-ref")
     assert req["HumanTaskConfig"]["PreHumanTaskLambdaArn"] == PRE_ARN
-    assert req["HumanTaskConfig"]["AnnotationConsolidationConfig"]["AnnotationConsolidationLambdaArn"] == ACS_ARN
+    assert (
+        req["HumanTaskConfig"]["AnnotationConsolidationConfig"]["AnnotationConsolidationLambdaArn"]
+        == ACS_ARN
+    )
     assert b"crowd-polygon" in get(s3, req["HumanTaskConfig"]["UiConfig"]["UiTemplateS3Uri"])
     manifest = get(s3, req["InputConfig"]["DataSource"]["S3DataSource"]["ManifestS3Uri"]).decode()
     for raw, item in zip(manifest.splitlines(), items, strict=True):
@@ -418,7 +477,9 @@ def test_push_polygon_job(ws, s3, sm, aws_env):
         line = json.loads(raw)
         assert split(line["source-ref"])[1] in objects
         # What Ground Truth would hand the worker template, via camlabel's own pre Lambda.
-        out = lambda_handler({"version": "2018-10-16", "labelingJobArn": "arn:x", "dataObject": line})
+        out = lambda_handler(
+            {"version": "2018-10-16", "labelingJobArn": "arn:x", "dataObject": line}
+        )
         assert out["isHumanAnnotationRequired"] is True
         assert out["taskInput"]["initialValue"] == [gt_square(x0, y0, x1, y1)]
         assert out["taskInput"]["inputImageProperties"] == {"height": h, "width": w}
@@ -437,7 +498,9 @@ def test_dry_run_writes_everything_and_calls_nothing(ws, monkeypatch, aws_env):
     dead = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     items = make_items(ws)
-    report = backend(ws, dead).push(items, dry_run=True, progress=False)  # no injected client either
+    report = backend(ws, dead).push(
+        items, dry_run=True, progress=False
+    )  # no injected client either
     folder = ws.root / "exports" / f"groundtruth-{report.project}"
     names = {p.name for p in report.dry_run_files}
     assert names == {
@@ -477,7 +540,9 @@ def test_out_of_range_setting_is_refused_naming_the_field(ws, s3, sm, aws_env):
     client, _ = sm
     with pytest.raises(ValidationError) as info:
         backend(ws, aws_env, client, task_time_limit=5).push(make_items(ws), progress=False)
-    assert "HumanTaskConfig.TaskTimeLimitInSeconds" in str(info.value) and ">= 30" in str(info.value)
+    assert "HumanTaskConfig.TaskTimeLimitInSeconds" in str(info.value) and ">= 30" in str(
+        info.value
+    )
     assert all_objects(s3) == {}
 
 
@@ -500,7 +565,9 @@ def put(s3, uri: str, body: bytes | str) -> None:
     s3.put_object(Bucket=b, Key=k, Body=body.encode() if isinstance(body, str) else body)
 
 
-def job_refs(job: str, specs: list[tuple[str, int, int]], job_type="adjustment") -> dict[str, JobRef]:
+def job_refs(
+    job: str, specs: list[tuple[str, int, int]], job_type="adjustment"
+) -> dict[str, JobRef]:
     attr = "camlabel-lesion-ref" if job_type == "adjustment" else "camlabel-lesion-polygons"
     return {
         image_id: JobRef(
@@ -566,10 +633,16 @@ def test_pull_adjustment_job_with_hostile_objects(ws, s3, sm, aws_env):
                 },
             }
         ),
-        json.dumps(semseg(2, f"{root}/annotations/consolidated-annotation/output/2.png")),  # unknown colour
-        json.dumps(semseg(3, f"{root}/annotations/consolidated-annotation/output/3.png")),  # object missing
+        json.dumps(
+            semseg(2, f"{root}/annotations/consolidated-annotation/output/2.png")
+        ),  # unknown colour
+        json.dumps(
+            semseg(3, f"{root}/annotations/consolidated-annotation/output/3.png")
+        ),  # object missing
         '{"source-ref": "s3://b/x.png", "camlabel-image-id": ',  # malformed line (object 4)
-        json.dumps(semseg(5, f"{root}/annotations/consolidated-annotation/output/5.png")),  # wrong size
+        json.dumps(
+            semseg(5, f"{root}/annotations/consolidated-annotation/output/5.png")
+        ),  # wrong size
         json.dumps(
             {
                 "source-ref": f"s3://{BUCKET}/camlabel/images/{ids[6]}.png",
@@ -578,18 +651,27 @@ def test_pull_adjustment_job_with_hostile_objects(ws, s3, sm, aws_env):
                     "image_size": [{"width": w, "height": h, "depth": 3}],
                     "annotations": [{"class_id": 0, "left": 1, "top": 2, "width": 3, "height": 4}],
                 },
-                "camlabel-lesion-ref-metadata": {"type": "groundtruth/object-detection", "class-map": {"0": "x"}},
+                "camlabel-lesion-ref-metadata": {
+                    "type": "groundtruth/object-detection",
+                    "class-map": {"0": "x"},
+                },
             }
         ),
     ]
     put(s3, f"{root}/manifests/output/output.manifest", "\n".join(lines) + "\n")
     put(s3, f"{root}/annotations/consolidated-annotation/output/0.png", color_png(h, w, ok_box))
-    put(s3, f"{root}/annotations/consolidated-annotation/output/2.png", color_png(h, w, ok_box, rgb=(255, 0, 0)))
+    put(
+        s3,
+        f"{root}/annotations/consolidated-annotation/output/2.png",
+        color_png(h, w, ok_box, rgb=(255, 0, 0)),
+    )
     put(s3, f"{root}/annotations/consolidated-annotation/output/5.png", color_png(h + 1, w, ok_box))
     answer = {
         "answerContent": {
             "crowd-semantic-segmentation": {
-                "labeledImage": {"pngImageData": base64.b64encode(color_png(h, w, ok_box)).decode()},
+                "labeledImage": {
+                    "pngImageData": base64.b64encode(color_png(h, w, ok_box)).decode()
+                },
                 "labelMappings": {"Opacity": {"color": LESION_HEX}},
                 "initialValueModified": True,
                 "inputImageProperties": {"height": h, "width": w},
@@ -600,7 +682,11 @@ def test_pull_adjustment_job_with_hostile_objects(ws, s3, sm, aws_env):
         "timeSpentInSeconds": 42.5,
         "workerId": "private.us-east-1.w1",
     }
-    put(s3, f"{root}/annotations/worker-response/iteration-1/0/2026-01-05_10:11:00.json", worker_file([answer]))
+    put(
+        s3,
+        f"{root}/annotations/worker-response/iteration-1/0/2026-01-05_10:11:00.json",
+        worker_file([answer]),
+    )
     stub.add_response(
         "describe_labeling_job",
         describe_response(job, "Completed", output_uri=f"{root}/manifests/output/output.manifest"),
@@ -630,7 +716,10 @@ def test_pull_adjustment_job_with_hostile_objects(ws, s3, sm, aws_env):
     assert "#ff0000" in failures[f"{ids[2][:12]} (job {job} line 3)"]
     assert "does not exist" in failures[f"{ids[3][:12]} (job {job} line 4)"]
     assert "not valid JSON" in failures[f"{ids[4][:12]} (job {job} line 5)"]
-    assert "41 px" in failures[f"{ids[5][:12]} (job {job} line 6)"] or "x41" in failures[f"{ids[5][:12]} (job {job} line 6)"]
+    assert (
+        "41 px" in failures[f"{ids[5][:12]} (job {job} line 6)"]
+        or "x41" in failures[f"{ids[5][:12]} (job {job} line 6)"]
+    )
     assert "bounding box" in failures[f"{ids[6][:12]} (job {job} line 7)"]
 
 
@@ -648,7 +737,12 @@ def test_pull_polygon_job_with_two_workers(ws, s3, sm, aws_env):
         d = {
             "source-ref": f"s3://{BUCKET}/camlabel/images/{ids[i]}.png",
             "camlabel-image-id": ids[i],
-            "camlabel-cam-polygons": {"annotatedResult": {"inputImageProperties": {"height": h, "width": w}, "polygons": [cam]}},
+            "camlabel-cam-polygons": {
+                "annotatedResult": {
+                    "inputImageProperties": {"height": h, "width": w},
+                    "polygons": [cam],
+                }
+            },
         }
         if value is not None:
             d["camlabel-lesion-polygons"] = value
@@ -661,7 +755,10 @@ def test_pull_polygon_job_with_two_workers(ws, s3, sm, aws_env):
         return json.dumps(d)
 
     def result(*boxes, hh=h, ww=w):
-        return {"inputImageProperties": {"height": hh, "width": ww}, "polygons": [gt_square(*b) for b in boxes]}
+        return {
+            "inputImageProperties": {"height": hh, "width": ww},
+            "polygons": [gt_square(*b) for b in boxes],
+        }
 
     # Object 0: two workers' raw responses (worker A accepted the CAM polygon unchanged).
     # Object 1: no raw responses, only camlabel's consolidation output with both workers.
@@ -680,7 +777,10 @@ def test_pull_polygon_job_with_two_workers(ws, s3, sm, aws_env):
         line(3),
     ]
     put(s3, f"{root}/manifests/output/output.manifest", "\n".join(lines) + "\n")
-    for wid, box, spent, sub in (("w-a", box_a, 12.0, "2026-01-06T00:00:01.000Z"), ("w-b", box_b, 30.25, "2026-01-06T00:00:09.000Z")):
+    for wid, box, spent, sub in (
+        ("w-a", box_a, 12.0, "2026-01-06T00:00:01.000Z"),
+        ("w-b", box_b, 30.25, "2026-01-06T00:00:09.000Z"),
+    ):
         body = worker_file(
             [
                 {
@@ -695,7 +795,12 @@ def test_pull_polygon_job_with_two_workers(ws, s3, sm, aws_env):
         put(s3, f"{root}/annotations/worker-response/iteration-1/0/{sub}-{wid}.json", body)
     stub.add_response(
         "describe_labeling_job",
-        describe_response(job, "Completed", output_uri=f"{root}/manifests/output/output.manifest", label_attr="camlabel-lesion-polygons"),
+        describe_response(
+            job,
+            "Completed",
+            output_uri=f"{root}/manifests/output/output.manifest",
+            label_attr="camlabel-lesion-polygons",
+        ),
     )
 
     report = backend(ws, aws_env, client, job_type="polygon").pull(refs, progress=False)
@@ -710,7 +815,12 @@ def test_pull_polygon_job_with_two_workers(ws, s3, sm, aws_env):
         np.testing.assert_array_equal(got["w-b"].mask, rect_mask(h, w, box_b))
         assert got["w-a"].annotation.accepted_unchanged is True
         assert got["w-b"].annotation.accepted_unchanged is False
-        assert got["w-a"].annotation.polygons[0]["exterior"] == [[10, 10], [40, 10], [40, 40], [10, 40]]
+        assert got["w-a"].annotation.polygons[0]["exterior"] == [
+            [10, 10],
+            [40, 10],
+            [40, 40],
+            [10, 40],
+        ]
         assert len({r.annotation.annotation_id for r in out.annotations}) == 2
     raw = {r.annotation.annotator: r.annotation for r in by_id[ids[0]].annotations}
     assert raw["w-a"].lead_time_s == 12.0 and raw["w-b"].lead_time_s == 30.25
@@ -725,9 +835,27 @@ def test_pull_polygon_job_with_two_workers(ws, s3, sm, aws_env):
 @pytest.mark.parametrize(
     ("status", "extra", "expect_status", "expect_text"),
     [
-        ("InProgress", {"counters": {"TotalLabeled": 3, "HumanLabeled": 3, "MachineLabeled": 0, "FailedNonRetryableError": 0, "Unlabeled": 7}}, "unannotated", "InProgress: 3 labeled"),
+        (
+            "InProgress",
+            {
+                "counters": {
+                    "TotalLabeled": 3,
+                    "HumanLabeled": 3,
+                    "MachineLabeled": 0,
+                    "FailedNonRetryableError": 0,
+                    "Unlabeled": 7,
+                }
+            },
+            "unannotated",
+            "InProgress: 3 labeled",
+        ),
         ("Stopped", {}, "unannotated", "stopped before any output"),
-        ("Failed", {"failure": "ClientError: the role cannot read s3://x"}, "failed", "the role cannot read"),
+        (
+            "Failed",
+            {"failure": "ClientError: the role cannot read s3://x"},
+            "failed",
+            "the role cannot read",
+        ),
     ],
 )
 def test_pull_reports_job_status(ws, s3, sm, aws_env, status, extra, expect_status, expect_text):
@@ -760,11 +888,17 @@ def test_pull_cursor_skips_an_unchanged_completed_job(ws, s3, sm, aws_env):
         "source-ref": "s3://b/i.png",
         "camlabel-image-id": iid(40),
         "camlabel-lesion-ref": f"{root}/m.png",
-        "camlabel-lesion-ref-metadata": {"internal-color-map": CMAP, "type": "groundtruth/semantic-segmentation", "creation-date": "2026-01-01T00:00:00"},
+        "camlabel-lesion-ref-metadata": {
+            "internal-color-map": CMAP,
+            "type": "groundtruth/semantic-segmentation",
+            "creation-date": "2026-01-01T00:00:00",
+        },
     }
     put(s3, f"{root}/manifests/output/output.manifest", json.dumps(line) + "\n")
     put(s3, f"{root}/m.png", color_png(10, 12, (1, 1, 5, 5)))
-    resp = describe_response(job, "Completed", output_uri=f"{root}/manifests/output/output.manifest")
+    resp = describe_response(
+        job, "Completed", output_uri=f"{root}/manifests/output/output.manifest"
+    )
     stub.add_response("describe_labeling_job", resp)
     first = backend(ws, aws_env, client).pull(refs, progress=False)
     assert len(first.outcomes) == 1 and first.cursor["jobs"][job]["complete"] is True
@@ -804,7 +938,14 @@ def test_real_ground_truth_sample_converts(ws, s3, sm, aws_env, shared_data):
     assert {int(c): int((classes == c).sum()) for c in cmap_keys(cmap)} == independent
 
     image_id = iid(50)
-    refs = {image_id: JobRef(backend="groundtruth", project="s10-label3", task="0", extra={"region": REGION, "height": h, "width": w})}
+    refs = {
+        image_id: JobRef(
+            backend="groundtruth",
+            project="s10-label3",
+            task="0",
+            extra={"region": REGION, "height": h, "width": w},
+        )
+    }
     stub.add_response(
         "describe_labeling_job",
         describe_response("s10-label3", "Completed", output_uri=out_uri, label_attr=label_attr),
@@ -836,7 +977,12 @@ def test_consolidation_lambda_reads_payload_from_s3(s3, aws_env, monkeypatch):
     from camlabel.lambdas.gt_polygon_consolidate import lambda_handler
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws_env)
-    content = {"annotatedResult": {"inputImageProperties": {"height": 20, "width": 20}, "polygons": [gt_square(1, 1, 9, 9)]}}
+    content = {
+        "annotatedResult": {
+            "inputImageProperties": {"height": 20, "width": 20},
+            "polygons": [gt_square(1, 1, 9, 9)],
+        }
+    }
     payload = [
         {
             "datasetObjectId": "0",
@@ -893,10 +1039,15 @@ def test_loop_push_and_pull_through_the_interface(ws, s3, sm, aws_env):
         "sagemaker_client": client,
     }
     not_found(stub)
-    stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"})
+    stub.add_response(
+        "create_labeling_job",
+        {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/x"},
+    )
     report = loop.push_jobs(ws, "groundtruth", options=opts, progress=False)
     job = report.project
-    assert {r.image_id: r.jobs["groundtruth"].project for r in ws.ledger.all()} == {i.image_id: job for i in items}
+    assert {r.image_id: r.jobs["groundtruth"].project for r in ws.ledger.all()} == {
+        i.image_id: job for i in items
+    }
 
     root = f"{OUT}/{job}"
     lines = []
@@ -923,9 +1074,15 @@ def test_loop_push_and_pull_through_the_interface(ws, s3, sm, aws_env):
         )
     put(s3, f"{root}/manifests/output/output.manifest", "\n".join(lines) + "\n")
     stub.add_response(
-        "describe_labeling_job", describe_response(job, "Completed", output_uri=f"{root}/manifests/output/output.manifest")
+        "describe_labeling_job",
+        describe_response(job, "Completed", output_uri=f"{root}/manifests/output/output.manifest"),
     )
-    summary = loop.pull_masks(ws, "groundtruth", options={"endpoint_url": aws_env, "sagemaker_client": client}, progress=False)
+    summary = loop.pull_masks(
+        ws,
+        "groundtruth",
+        options={"endpoint_url": aws_env, "sagemaker_client": client},
+        progress=False,
+    )
     assert summary.failed == []
     assert summary.masks_written == 2
     from camlabel.imaging import read_mask_png
@@ -933,7 +1090,8 @@ def test_loop_push_and_pull_through_the_interface(ws, s3, sm, aws_env):
     for item, box in zip(items, boxes, strict=True):
         rec = ws.ledger.get(item.image_id)
         assert rec.mask is not None
-        np.testing.assert_array_equal(read_mask_png(ws.abs(rec.mask.path)), rect_mask(item.height, item.width, box))
+        np.testing.assert_array_equal(
+            read_mask_png(ws.abs(rec.mask.path)), rect_mask(item.height, item.width, box)
+        )
         (ann,) = rec.annotations
         assert ann.accepted_unchanged is False
-

@@ -133,14 +133,14 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
     expected[aid] = rasterize_centres([pts], rec_moved.height, rec_moved.width)
 
     # 2. the prediction accepted unchanged plus a new polygon; and one accepting it unchanged only
-    pts_pred = pred_points(rec_new)
     (pred_new,) = tasks[rec_new.image_id]["predictions"]
-    kept = dict(next(r for r in pred_new["result"] if r["type"] == "polygonlabels"), origin="prediction")
+    kept = [dict(r, origin="prediction") for r in pred_new["result"] if r["type"] == "polygonlabels"]
+    pts_pred = [px(r["value"]["points"], rec_new.width, rec_new.height) for r in kept]
     new_poly = [[10.3, 12.7], [40.2, 15.1], [35.6, 44.9], [12.1, 38.4]]
-    aid_new = create(rec_new, [kept, polygon_result(new_poly, rec_new.width, rec_new.height, rid="n1")])
-    expected[aid_new] = rasterize_centres([pts_pred, new_poly], rec_new.height, rec_new.width)
-    aid_acc = create(rec_new, [kept], completed_by=u2.id, lead_time=3.0)
-    expected[aid_acc] = rasterize_centres([pts_pred], rec_new.height, rec_new.width)
+    aid_new = create(rec_new, [*kept, polygon_result(new_poly, rec_new.width, rec_new.height, rid="n1")])
+    expected[aid_new] = rasterize_centres([*pts_pred, new_poly], rec_new.height, rec_new.width)
+    aid_acc = create(rec_new, kept, completed_by=u2.id, lead_time=3.0)
+    expected[aid_acc] = rasterize_centres(pts_pred, rec_new.height, rec_new.width)
 
     # 3. a brush stroke together with a polygon
     h, w = rec_brush.height, rec_brush.width
@@ -233,7 +233,7 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
 
     # Incremental: only the task annotated since the last pull is read again.
     time.sleep(1.1)
-    late = [[20.5, 20.5], [60.5, 22.5], [40.5, 60.5]]
+    late = [[20.3, 20.6], [60.2, 22.9], [40.7, 60.1]]
     aid_late = create(rec_none, [polygon_result(late, rec_none.width, rec_none.height)])
     again = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="latest", progress=False)
     assert again.tasks == 1 and again.new_annotations == 1 and again.unannotated == []

@@ -34,7 +34,11 @@ def test_fc_densenet103_has_the_papers_parameter_count() -> None:
     assert model.pad_multiple == 32
     assert model.up_blocks == (12, 10, 7, 5, 4)
     # 103 = stem + 4-5-7-10-12 + 5 TD + 15 + 5 TU + 12-10-7-5-4 + head (conv layers)
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)]
+    convs = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+    ]
     assert len(convs) == 1 + 38 + 5 + 15 + 5 + 38 + 1
 
 
@@ -79,7 +83,9 @@ def test_get_config_round_trip(tiny: Tiramisu) -> None:
 
 
 def test_save_load_gives_identical_outputs(tiny: Tiramisu, tmp_path: Path) -> None:
-    tiny.compile(optimizer="adam", loss=DiceBCELoss(), metrics=[DiceCoefficient(), IoUCoefficient()])
+    tiny.compile(
+        optimizer="adam", loss=DiceBCELoss(), metrics=[DiceCoefficient(), IoUCoefficient()]
+    )
     tiny.optimizer.build(tiny.trainable_variables)
     x = np.random.default_rng(0).random((2, 40, 44, 1)).astype("float32")
     before = np.asarray(tiny.predict(x, verbose=0))
@@ -134,7 +140,9 @@ def test_a_tiny_tiramisu_learns_phantom_lesion_masks() -> None:
     y = np.stack(ys)[..., None].astype("float32")
     assert 0.01 < y.mean() < 0.3
     keras.utils.set_random_seed(0)
-    model = Tiramisu(growth_rate=8, initial_filters=16, down_blocks=(2, 2), bottleneck_layers=2, dropout=0.0)
+    model = Tiramisu(
+        growth_rate=8, initial_filters=16, down_blocks=(2, 2), bottleneck_layers=2, dropout=0.0
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-2),
         loss=DiceBCELoss(),

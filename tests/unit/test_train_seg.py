@@ -15,10 +15,22 @@ import numpy as np
 import pytest
 
 from camlabel.models import seg_data
+from tests.seg_factory import make_masked_workspace, make_seg_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "training" / "train_seg.py"
-TINY_ARGS = ["--epochs", "2", "--batch-size", "4", "--image-size", "32", "--arch", "tiny", "--eager", "1"]
+TINY_ARGS = [
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+    "--image-size",
+    "32",
+    "--arch",
+    "tiny",
+    "--eager",
+    "1",
+]
 
 
 def _load_train_seg():  # type: ignore[no-untyped-def]
@@ -31,36 +43,22 @@ def _load_train_seg():  # type: ignore[no-untyped-def]
     return mod
 
 
-def make_seg_folder(root: Path, n: int = 10, *, with_split: bool = True, size: int = 64) -> Path:
-    """Phantom images + lesion masks in the export layout (2 images per patient)."""
-    from camlabel.phantoms import render_phantom
-
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(n):
-        label = ("covid", "pneumonia")[i % 2]
-        img, lesion, _ = render_phantom(rng, label, size, size - 8)
-        rid = f"img{i:02d}"
-        cv2.imwrite(str(root / "images" / f"{rid}.png"), img)
-        cv2.imwrite(str(root / "masks" / f"{rid}.png"), lesion.astype(np.uint8) * 255)
-        split = ("val" if i >= n - 2 else "train") if with_split else ""
-        rows.append(seg_data.IndexRow(rid, f"p{i // 2}", split, label, "1"))
-    seg_data.write_index(root, rows)
-    return root
-
-
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=300
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
     )
 
 
 def _events(stdout: str) -> list[dict]:
     prefix = "CAMLABEL_PROGRESS "
-    return [json.loads(line[len(prefix) :]) for line in stdout.splitlines() if line.startswith(prefix)]
+    return [
+        json.loads(line[len(prefix) :]) for line in stdout.splitlines() if line.startswith(prefix)
+    ]
 
 
 def _check_outputs(model_dir: Path, epochs: int, n_train: int, n_val: int) -> dict:
@@ -82,7 +80,7 @@ def _check_outputs(model_dir: Path, epochs: int, n_train: int, n_val: int) -> di
     assert {"dice", "iou", "val_dice", "val_iou", "loss", "val_loss"} <= set(hist[0])
     curves = cv2.imread(str(model_dir / "curves.png"))
     assert curves is not None and curves.shape == (440, 760, 3)
-    assert (curves != 255).any(axis=2).mean() > 0.02  # something is drawn
+    assert (curves != 255).any(axis=2).mean() > 0.005  # axes, grid, points, legend
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
     assert isinstance(model, Tiramisu)
     out = np.asarray(model(np.zeros((1, 37, 29, 1), "float32")))
@@ -104,7 +102,13 @@ def test_train_seg_with_cli_arguments(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     events = _events(r.stdout)
     assert [e["event"] for e in events] == ["device", "data", "epoch", "epoch", "done"]
-    assert events[1] == {"event": "data", "train": 8, "val": 2, "split": "index.csv", "image_size": 32}
+    assert events[1] == {
+        "event": "data",
+        "train": 8,
+        "val": 2,
+        "split": "index.csv",
+        "image_size": 32,
+    }
     metrics = _check_outputs(out, epochs=2, n_train=8, n_val=2)
     assert metrics["split"] == "index.csv"
     assert (out / "checkpoints" / "best.keras").is_file()
@@ -114,7 +118,14 @@ def test_train_seg_with_sagemaker_environment(tmp_path: Path) -> None:
     """As in the container: SM_* paths, hyperparameters in SM_HPS *and* as --name value args."""
     data = make_seg_folder(tmp_path / "opt" / "input" / "data" / "train", with_split=False)
     model_dir, output_dir = tmp_path / "opt" / "model", tmp_path / "opt" / "output" / "data"
-    hps = {"epochs": 1, "batch-size": 4, "image-size": 32, "arch": "tiny", "eager": 1, "val-fraction": 0.25}
+    hps = {
+        "epochs": 1,
+        "batch-size": 4,
+        "image-size": 32,
+        "arch": "tiny",
+        "eager": 1,
+        "val-fraction": 0.25,
+    }
     env = {
         "SM_CHANNEL_TRAIN": str(data),
         "SM_MODEL_DIR": str(model_dir),
@@ -123,13 +134,26 @@ def test_train_seg_with_sagemaker_environment(tmp_path: Path) -> None:
     }
     r = _run([], env)  # SM_HPS alone is enough
     assert r.returncode == 0, r.stderr[-3000:]
-    metrics = _check_outputs(model_dir, epochs=1, n_train=metrics_n(r, "train"), n_val=metrics_n(r, "val"))
+    metrics = _check_outputs(
+        model_dir, epochs=1, n_train=metrics_n(r, "train"), n_val=metrics_n(r, "val")
+    )
     assert metrics["split"] == "patient-grouped" and metrics["n_val"] >= 2
     for name in ("metrics.json", "curves.png", "history.csv"):
         assert (output_dir / name).is_file(), name
     # SageMaker's own form: the driver passes every hyperparameter as "--name value"; those win.
     model_dir2 = tmp_path / "model2"
-    args = ["--epochs", "2", "--batch_size", "4", "--image-size", "32", "--arch", "tiny", "--eager", "1"]
+    args = [
+        "--epochs",
+        "2",
+        "--batch_size",
+        "4",
+        "--image-size",
+        "32",
+        "--arch",
+        "tiny",
+        "--eager",
+        "1",
+    ]
     r = _run(args, {**env, "SM_MODEL_DIR": str(model_dir2)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((model_dir2 / "metrics.json").read_text())["epochs_run"] == 2
@@ -142,7 +166,11 @@ def metrics_n(r: subprocess.CompletedProcess[str], part: str) -> int:
 
 def test_argument_precedence_cli_over_sm_hps_over_default() -> None:
     ts = _load_train_seg()
-    env = {"SM_CHANNEL_TRAIN": "/d", "SM_MODEL_DIR": "/m", "SM_HPS": json.dumps({"epochs": "7", "lr": 0.5})}
+    env = {
+        "SM_CHANNEL_TRAIN": "/d",
+        "SM_MODEL_DIR": "/m",
+        "SM_HPS": json.dumps({"epochs": "7", "lr": 0.5}),
+    }
     a = ts.parse_args(["--lr", "0.25"], env)
     assert (a.train, a.model_dir, a.epochs, a.lr, a.batch_size) == ("/d", "/m", 7, 0.25, 30)
     with pytest.raises(SystemExit):
@@ -183,10 +211,10 @@ def test_augmentation_keeps_labels_and_never_flips_left_right() -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):
         x, c = aug(img, codes, rng)
-        assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+        assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0
         assert set(np.unique(c)) <= {0, 1, seg_data.IGNORE}
         assert x[:, :32].mean() > x[:, 32:].mean()  # still on the left
-        ys, xs = np.nonzero(c == 1)
+        _, xs = np.nonzero(c == 1)
         assert xs.mean() < 32
 
 
@@ -202,38 +230,6 @@ def test_batches_are_deterministic_and_shaped() -> None:
 
 
 # -- the library entry point on a workspace -------------------------------------------------
-
-
-def make_masked_workspace(root: Path, n: int = 8, size: int = 64):  # type: ignore[no-untyped-def]
-    """A workspace whose ledger has n phantom images with consensus masks (version 2)."""
-    from camlabel.imaging import write_png_atomic
-    from camlabel.phantoms import render_phantom
-    from camlabel.records import MaskInfo
-    from camlabel.workspace import Workspace
-
-    ws = Workspace.init(root)
-    src = root.parent / "src"
-    src.mkdir(exist_ok=True)
-    rng = np.random.default_rng(5)
-    paths, labels, patients, masks = [], {}, {}, {}
-    for i in range(n):
-        label = ("covid", "pneumonia")[i % 2]
-        img, lesion, _ = render_phantom(rng, label, size, size)
-        p = src / f"ph{i}.png"
-        cv2.imwrite(str(p), img)
-        paths.append(p)
-        labels[str(p)] = label
-        patients[str(p)] = f"pat{i // 2}"
-        masks[str(p)] = lesion
-    records, failures = ws.register_images(paths, labels=labels, patient_ids=patients)
-    assert not failures
-    with ws.ledger.transaction() as txn:
-        for rec, p in zip(records, paths, strict=True):
-            mpath = ws.dir("masks") / f"{rec.image_id}.png"
-            write_png_atomic(mpath, masks[str(p)].astype(np.uint8) * 255)
-            info = MaskInfo(path=ws.rel(mpath), version=2, annotation_ids=("a1",), consensus="single", sha256="0" * 64)
-            txn.put(rec.evolve(mask=info))
-    return ws
 
 
 def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Path) -> None:
@@ -273,4 +269,6 @@ def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Pat
     assert seg.image_size == 32 and seg.version == res.run_id
     img = np.random.default_rng(0).random((50, 70)).astype(np.float32)
     (prob,) = segment_probability(seg, [img])
-    assert prob.shape == (50, 70) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+    assert (
+        prob.shape == (50, 70) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+    )
