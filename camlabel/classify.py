@@ -104,10 +104,9 @@ class Classifier:
 
 def model_input(image: LoadedImage | np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """``to_model_input`` rounded to whole grey levels, exactly what training sees."""
-    from camlabel.imaging import to_model_input
+    from camlabel.models.data import letterbox_input
 
-    x, box = to_model_input(image, size)
-    return np.clip(np.rint(x), 0.0, 255.0).astype(np.float32), box
+    return letterbox_input(image, size)
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -253,6 +252,7 @@ def train_classifier(
         run_eagerly=run_eagerly,
     )
     k = len(ds.classes)
+    read_failures: list[tuple[str, str]] = []
     train_ds = make_tf_dataset(
         train.paths,
         train.label_indices,
@@ -262,6 +262,7 @@ def train_classifier(
         training=True,
         seed=seed,
         augment=augment,
+        failures=read_failures,
     )
     val_ds = (
         make_tf_dataset(
@@ -271,6 +272,7 @@ def train_classifier(
             image_size=image_size,
             batch_size=batch_size,
             training=False,
+            failures=read_failures,
         )
         if len(val)
         else None
@@ -295,24 +297,30 @@ def train_classifier(
         class_weight=cw,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
     )
     hist = {key: [float(v) for v in values] for key, values in history.history.items()}
     epochs_run = len(hist.get("loss", []))
     best_epoch = int(np.argmin(hist[monitor])) + 1 if hist.get(monitor) else None
-    # EarlyStopping restored the best weights only if it stopped early; the checkpoint is the truth.
-    clf = load_classifier(out)
+    if not out.exists():  # the monitored loss was never finite: keep the last weights
+        model.save(out)
+    # The checkpoint holds the best epoch (EarlyStopping restores it only when it stops early).
+    model.load_weights(out)
     curves_png, curves_csv = _write_curves(out, hist)
 
     val_metrics = None
-    if len(val):
-        probs, failures = _predict_paths(clf, val.paths, batch_size=batch_size)
-        ok = [i for i in range(len(val)) if i not in failures]
+    if val_ds is not None:
         from camlabel.models.metrics import classification_metrics
 
-        val_metrics = classification_metrics(val.label_indices[ok], probs[ok], ds.classes)
+        ys, ps = [], []
+        for x, y in val_ds:
+            ps.append(np.asarray(model.predict_on_batch(x)))
+            ys.append(np.argmax(np.asarray(y), axis=1))
+        if ys:
+            val_metrics = classification_metrics(np.concatenate(ys), np.concatenate(ps), ds.classes)
     info: dict[str, Any] = {
         "kind": "camlabel-classifier",
-        "model_version": clf.model_version,
+        "model_version": model.model_version,
         "created_at": utcnow(),
         "classes": list(ds.classes),
         "image_size": image_size,
@@ -342,6 +350,7 @@ def train_classifier(
             "val_files": [val.relpath(i) for i in range(len(val))],
         },
         "val_metrics": val_metrics,
+        "unreadable": sorted(set(read_failures)),
         "history": hist,
         "curves_png": curves_png.name,
         "curves_csv": curves_csv.name,
@@ -371,7 +380,7 @@ def train_classifier(
             },
             seeds={"seed": seed},
             model=str(out.resolve()),
-            model_version=clf.model_version,
+            model_version=model.model_version,
             result={
                 "epochs_run": epochs_run,
                 "best_epoch": best_epoch,
@@ -383,7 +392,7 @@ def train_classifier(
         side,
         curves_png,
         curves_csv,
-        clf.model_version,
+        model.model_version,
         epochs_run,
         best_epoch,
         val_metrics,

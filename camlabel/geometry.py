@@ -587,12 +587,12 @@ def _check_wh(width: float, height: float) -> FloatArray:
 
 def pct_to_px(points_pct: npt.ArrayLike, width: float, height: float) -> FloatArray:
     """Label Studio percent points (0..100 of ``original_width/height``) to px (0..W, 0..H)."""
-    return _as_points(points_pct, "points_pct") * (_check_wh(width, height) / 100.0)
+    return _as_points(points_pct, "points_pct") * _check_wh(width, height) / 100.0
 
 
 def px_to_pct(points_px: npt.ArrayLike, width: float, height: float) -> FloatArray:
     """Inverse of :func:`pct_to_px`."""
-    return _as_points(points_px, "points_px") / _check_wh(width, height) * 100.0
+    return _as_points(points_px, "points_px") * 100.0 / _check_wh(width, height)
 
 
 def gt_vertices_to_px(vertices: Sequence[Mapping[str, Any]]) -> FloatArray:
@@ -780,13 +780,16 @@ def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8
     starts: list[int] = []
     append = starts.append
     pos, i = 53, 0
-    while i < num and pos < n_bits:
-        bits = window[pos >> 3] << (pos & 7)
-        append(pos)
-        shift, count_mask, header, per_value = runs[(bits >> 29) & 7]
-        count = ((bits >> shift) & count_mask) + 1
-        i += count
-        pos += header + count * per_value
+    try:
+        while i < num:
+            bits = window[pos >> 3] << (pos & 7)  # IndexError once pos runs past the data
+            append(pos)
+            shift, count_mask, header, per_value = runs[(bits >> 29) & 7]
+            count = ((bits >> shift) & count_mask) + 1
+            i += count
+            pos += header + count * per_value
+    except IndexError:
+        pass
     if i < num or pos > n_bits:
         raise GeometryError(
             f"brush RLE is truncated: its {n_bytes} bytes end before value {min(i, num)} of {num}",
@@ -831,17 +834,26 @@ def rle_encode(values: npt.ArrayLike) -> list[int]:
             hint="convert a bool mask with mask.astype(np.uint8) * 255",
         )
     v = v.reshape(-1)
-    n = v.size
+    run_start = _run_starts(v)
+    return _encode_runs(v[run_start], np.diff(np.append(run_start, v.size)), v.size)
+
+
+def _run_starts(flat: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    """Indices where a new run of equal values begins (0 first; empty for empty input)."""
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1)).astype(np.int64)
+
+
+def _encode_runs(values: npt.NDArray[Any], run_len: npt.NDArray[np.int64], n: int) -> list[int]:
+    """RLE stream for consecutive runs (``values[k]`` repeated ``run_len[k]`` times)."""
     if n >= 1 << 32:
         raise GeometryError(f"brush RLE holds at most 2**32 - 1 values. Received: {n}")
     header_v = [n, 7, *(s - 1 for s in _RLE_SIZES)]
     header_w = [32, 5, 4, 4, 4, 4]
     if n == 0:
         return _pack_fields(np.array(header_v, np.uint64), np.array(header_w, np.int64))
-
-    run_start = np.flatnonzero(np.concatenate(([True], v[1:] != v[:-1])))
-    run_len = np.diff(np.append(run_start, n))
-    run_val = v[run_start].astype(np.uint64)
+    run_val = values.astype(np.uint64)
     single = run_len == 1
     # Repeat blocks: one per run of >= 2, split into pieces of at most 2**16.
     rep_runs = np.flatnonzero(~single)
@@ -933,8 +945,11 @@ def mask_to_brush_rle(mask: npt.ArrayLike) -> list[int]:
     Same pixels as ``label_studio_sdk.converter.brush.mask2rle(mask.astype(np.uint8) * 255)``
     (the encoding itself is more compact).
     """
-    m = _as_mask(mask)
-    return rle_encode(np.repeat(m.reshape(-1).astype(np.uint8) * np.uint8(255), 4))
+    flat = _as_mask(mask).reshape(-1)
+    # Every pixel is 4 equal values, so the runs are the pixel runs x 4: no RGBA array needed.
+    run_start = _run_starts(flat)
+    run_len = np.diff(np.append(run_start, flat.size)) * 4
+    return _encode_runs(np.where(flat[run_start], 255, 0), run_len, flat.size * 4)
 
 
 # ============================================================= Ground Truth colour masks

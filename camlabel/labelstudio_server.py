@@ -360,6 +360,9 @@ def port_is_free(port: int, host: str = HOST) -> bool:
         if s.connect_ex((host, port)) == 0:
             return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the server binds (Django's runserver sets SO_REUSEADDR): a port whose last
+        # connections linger in TIME_WAIT after a stop is free for it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

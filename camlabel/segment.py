@@ -64,7 +64,11 @@ def masked_records(ws: Workspace) -> list[Any]:
     """Ledger records whose consensus mask file exists (sorted by image id)."""
     out = []
     for rec in ws.ledger.all():
-        if rec.mask is not None and ws.abs(rec.mask.path).is_file() and ws.abs(rec.display_path).is_file():
+        if (
+            rec.mask is not None
+            and ws.abs(rec.mask.path).is_file()
+            and ws.abs(rec.display_path).is_file()
+        ):
             out.append(rec)
     return sorted(out, key=lambda r: r.image_id)
 
@@ -179,7 +183,9 @@ def train_segmenter(
     if on == "local":
         from camlabel.train.local import run_training
 
-        metrics = run_training(export_dir, model_dir, hps, on_event=on_event, progress=progress, env=env)
+        metrics = run_training(
+            export_dir, model_dir, hps, on_event=on_event, progress=progress, env=env
+        )
     else:
         from camlabel.train import sagemaker as sm
 
@@ -204,7 +210,9 @@ def train_segmenter(
         settings.update({"instance_type": sagemaker.instance_type, "region": sagemaker.region})
     if not (model_dir / MODEL_FILE).is_file():
         raise ModelError(f"training finished but {model_dir / MODEL_FILE} is missing")
-    summary = {k: metrics.get(k) for k in ("val_dice", "val_iou", "train_dice", "train_iou", "best_epoch")}
+    summary = {
+        k: metrics.get(k) for k in ("val_dice", "val_iou", "train_dice", "train_iou", "best_epoch")
+    }
     sidecar = {
         "format": "camlabel-segmenter/1",
         "run_id": run_id,
@@ -276,7 +284,9 @@ def load_segmenter(path: str | Path) -> Segmenter:
     try:
         model = keras.models.load_model(file, compile=False)
     except Exception as exc:
-        raise ModelError(f"cannot load the segmenter {file}: {exc}", hint="is it a .keras file?") from exc
+        raise ModelError(
+            f"cannot load the segmenter {file}: {exc}", hint="is it a .keras file?"
+        ) from exc
     shape = model.input_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] != 1:
         raise ModelError(
@@ -340,26 +350,27 @@ class PredictResult:
     out_dir: Path
 
 
-def _classifier_api() -> tuple[Callable[[Path], Any], Callable[..., Any]]:
-    """(load, classify) from camlabel.classify (issue 3's classifier)."""
-    from camlabel import classify as cls_mod
-
-    return cls_mod.load_classifier, cls_mod.classify_images
-
-
 def _lesion_classes(classifier: Any, override: Sequence[str] | None) -> tuple[str, ...]:
+    """Explicit list > the classifier sidecar's ``lesion_classes`` > covid/pneumonia among its
+    classes > every class except "normal"."""
     if override:
         return tuple(override)
-    found = getattr(classifier, "lesion_classes", None)
-    if found:
-        return tuple(found)
+    info = getattr(classifier, "info", None) or {}
+    if info.get("lesion_classes"):
+        return tuple(info["lesion_classes"])
     from camlabel.workspace import DEFAULT_LESION_CLASSES
 
-    return tuple(DEFAULT_LESION_CLASSES)
+    classes = tuple(getattr(classifier, "classes", ()) or ())
+    found = tuple(c for c in classes if c in DEFAULT_LESION_CLASSES)
+    return found or tuple(c for c in classes if c.lower() != "normal")
 
 
 def _unique_stem(path: Path, image_id: str, used: set[str]) -> str:
-    stem = path.stem if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"} else path.name
+    stem = (
+        path.stem
+        if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"}
+        else path.name
+    )
     if stem in used:
         stem = f"{stem}-{image_id[:8]}"
     used.add(stem)
@@ -389,11 +400,17 @@ def predict(
 
     Unreadable inputs are reported in ``failures`` and do not stop the batch.
     """
-    from camlabel.imaging import iter_image_paths, overlay_mask, put_label, read_image, write_png_atomic
+    from camlabel.classify import classify_images, load_classifier
+    from camlabel.imaging import (
+        iter_image_paths,
+        overlay_mask,
+        put_label,
+        read_image,
+        write_png_atomic,
+    )
     from camlabel.ledger import atomic_write_text
     from camlabel.progress import progress_bar
 
-    load_classifier, classify_images = _classifier_api()
     classifier = load_classifier(Path(classifier_path))
     segmenter = load_segmenter(segmenter_path)
     thr = segmenter.threshold if threshold is None else float(threshold)
@@ -418,7 +435,9 @@ def predict(
                 continue
             preds = classify_images(classifier, [img for _, img in batch], batch_size=step)
             to_segment = [i for i, pr in enumerate(preds) if pr.predicted_class in lesion]
-            probs = segment_probability(segmenter, [batch[i][1] for i in to_segment], batch_size=step)
+            probs = segment_probability(
+                segmenter, [batch[i][1] for i in to_segment], batch_size=step
+            )
             prob_of = dict(zip(to_segment, probs, strict=True))
             for i, ((path, img), pr) in enumerate(zip(batch, preds, strict=True)):
                 stem = _unique_stem(path, img.image_id, used)
@@ -455,7 +474,9 @@ def predict(
                 else:
                     overlay = overlay_mask(img.display, np.zeros(img.display.shape, bool))
                 write_png_atomic(out / f"{stem}.overlay.png", put_label(overlay, banner))
-                atomic_write_text(out / f"{stem}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+                atomic_write_text(
+                    out / f"{stem}.json", json.dumps(record, indent=2, sort_keys=True) + "\n"
+                )
                 items.append(record)
             bar.update(len(paths[start : start + step]))
     return PredictResult(items=items, failures=failures, out_dir=out)

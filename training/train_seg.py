@@ -29,13 +29,18 @@ camlabel.models modules are imported, so it runs in the AWS TensorFlow training 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import itertools
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # The SageMaker bundle puts a copy of camlabel/ beside this file; locally the installed
 # package (or the repository root) provides it.
@@ -62,7 +67,11 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, str]] = {
     "arch": (str, "fc-densenet103", "named Tiramisu size (fc-densenet103/67/56, tiny)"),
     "growth-rate": (int, 0, "Tiramisu growth rate (0: the arch's)"),
     "initial-filters": (int, 0, "Tiramisu first-convolution filters (0: the arch's)"),
-    "down-blocks": (str, "", "Tiramisu down-path block sizes, e.g. 4,5,7,10,12 (empty: the arch's)"),
+    "down-blocks": (
+        str,
+        "",
+        "Tiramisu down-path block sizes, e.g. 4,5,7,10,12 (empty: the arch's)",
+    ),
     "bottleneck-layers": (int, 0, "Tiramisu bottleneck layers (0: the arch's)"),
     "dropout": (float, 0.2, "Tiramisu dropout"),
     "mixed-precision": (str, "auto", "auto (on when a GPU is visible), on, off"),
@@ -77,15 +86,11 @@ def _env_hyperparameters(env: dict[str, str]) -> dict[str, Any]:
     """Hyperparameters SageMaker wrote to SM_HPS or hyperparameters.json (keys normalised)."""
     raw: dict[str, Any] = {}
     if HPS_JSON.exists():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             raw.update(json.loads(HPS_JSON.read_text()))
-        except json.JSONDecodeError:
-            pass
     if env.get("SM_HPS"):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             raw.update(json.loads(env["SM_HPS"]))
-        except json.JSONDecodeError:
-            pass
     out = {}
     for key, value in raw.items():
         name = key.replace("_", "-")
@@ -97,19 +102,27 @@ def _env_hyperparameters(env: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> argparse.Namespace:
     env = dict(os.environ if env is None else env)
     from_env = _env_hyperparameters(env)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train", default=env.get("SM_CHANNEL_TRAIN"), help="data folder (SM_CHANNEL_TRAIN)")
-    p.add_argument("--model-dir", "--model_dir", default=env.get("SM_MODEL_DIR"), help="SM_MODEL_DIR")
+    p.add_argument(
+        "--train", default=env.get("SM_CHANNEL_TRAIN"), help="data folder (SM_CHANNEL_TRAIN)"
+    )
+    p.add_argument(
+        "--model-dir", "--model_dir", default=env.get("SM_MODEL_DIR"), help="SM_MODEL_DIR"
+    )
     p.add_argument(
         "--output-dir",
         "--output_dir",
         default=env.get("SM_OUTPUT_DATA_DIR"),
         help="extra copy of metrics and curves (SM_OUTPUT_DATA_DIR)",
     )
-    default_ckpt = "/opt/ml/checkpoints" if env.get("SM_MODEL_DIR") and Path("/opt/ml").is_dir() else None
+    default_ckpt = (
+        "/opt/ml/checkpoints" if env.get("SM_MODEL_DIR") and Path("/opt/ml").is_dir() else None
+    )
     p.add_argument("--checkpoint-dir", "--checkpoint_dir", default=default_ckpt)
     for name, (typ, default, help_) in HYPERPARAMETERS.items():
         p.add_argument(
@@ -173,7 +186,9 @@ class _Distribution:
                 self.kind = f"tf.distribute.MirroredStrategy({strategy.num_replicas_in_sync})"
             elif backend == "jax":
                 devices = keras.distribution.list_devices("gpu")
-                keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+                keras.distribution.set_distribution(
+                    keras.distribution.DataParallel(devices=devices)
+                )
                 self.kind = f"keras.distribution.DataParallel({len(devices)})"
 
 
@@ -214,7 +229,8 @@ def split_rows(rows: list[Any], val_fraction: float, seed: int) -> tuple[list[An
     return [rows[i] for i in tr_idx], [rows[i] for i in va_idx], "patient-grouped"
 
 
-def load_rows(root: Path, rows: list[Any], size: int) -> tuple[Any, Any]:
+def load_rows(root: Path, rows: list[Any], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, mask codes) letterboxed to ``size``, uint8 (N x size x size; N may be 0)."""
     import numpy as np
 
     from camlabel.models.seg_data import load_pair
@@ -246,8 +262,18 @@ def _progress_callback(total_epochs: int, n_train: int) -> Any:
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             dt = time.perf_counter() - self.t0
             self.images_per_s.append(n_train / dt if dt > 0 else 0.0)
-            metrics = {k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"}
-            emit({"event": "epoch", "epoch": epoch + 1, "epochs": total_epochs, "seconds": round(dt, 2), **metrics})
+            metrics = {
+                k: round(float(v), 5) for k, v in (logs or {}).items() if k != "learning_rate"
+            }
+            emit(
+                {
+                    "event": "epoch",
+                    "epoch": epoch + 1,
+                    "epochs": total_epochs,
+                    "seconds": round(dt, 2),
+                    **metrics,
+                }
+            )
 
     return EpochProgress()
 
@@ -278,12 +304,18 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
     for i in range(6):
         y = mt + ph - int(ph * i / 5)
         cv2.line(img, (ml, y), (ml + pw, y), (225, 225, 225), 1)
-        cv2.putText(img, f"{i / 5:.1f}", (ml - 38, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (60, 60, 60), 1)
+        cv2.putText(
+            img, f"{i / 5:.1f}", (ml - 38, y + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (60, 60, 60), 1
+        )
     cv2.rectangle(img, (ml, mt), (ml + pw, mt + ph), (90, 90, 90), 1)
     for e in range(1, n + 1, max(1, n // 10)):
         x = ml + int(pw * (e - 1) / (n - 1))
-        cv2.putText(img, str(e), (x - 6, mt + ph + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (60, 60, 60), 1)
-    cv2.putText(img, "epoch", (ml + pw // 2 - 20, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        cv2.putText(
+            img, str(e), (x - 6, mt + ph + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (60, 60, 60), 1
+        )
+    cv2.putText(
+        img, "epoch", (ml + pw // 2 - 20, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1
+    )
     cv2.putText(img, title, (ml, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1)
     series = [  # (column, BGR colour, thick)
         ("dice", (200, 90, 30), False),
@@ -297,9 +329,10 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
         if not vals:
             continue
         pts = [
-            (ml + int(pw * i / (n - 1)), mt + ph - int(ph * min(max(v, 0.0), 1.0))) for i, v in enumerate(vals)
+            (ml + int(pw * i / (n - 1)), mt + ph - int(ph * min(max(v, 0.0), 1.0)))
+            for i, v in enumerate(vals)
         ]
-        for a, b in zip(pts, pts[1:], strict=False):
+        for a, b in itertools.pairwise(pts):
             cv2.line(img, a, b, color, 2 if solid else 1, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, p, 2, color, -1)
@@ -348,7 +381,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_train_images > 0:
         train_rows = train_rows[: args.max_train_images]
     if not train_rows:
-        raise SystemExit(f"no training images in {data} (all {len(rows)} rows are in the validation split)")
+        raise SystemExit(
+            f"no training images in {data} (all {len(rows)} rows are in the validation split)"
+        )
     with (model_dir / "split.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "patient_id", "split", "mask_version"])
@@ -357,7 +392,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 w.writerow([r.id, r.patient_id, name, r.mask_version])
     size = args.image_size
     x_tr, c_tr = load_rows(data, train_rows, size)
-    x_va, c_va = load_rows(data, val_rows, size) if val_rows else (None, None)
+    x_va, c_va = load_rows(data, val_rows, size)
     emit(
         {
             "event": "data",
@@ -371,10 +406,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     batch = max(1, min(args.batch_size, len(train_rows)))
     aug = Augment() if args.augment else None
     threads = max(1, args.workers)
-    train_ds = SegBatches(x_tr, c_tr, batch, augment=aug, shuffle=True, seed=args.seed, workers=threads)
-    val_ds = (
-        SegBatches(x_va, c_va, batch, workers=threads) if x_va is not None and len(x_va) else None
+    train_ds = SegBatches(
+        x_tr, c_tr, batch, augment=aug, shuffle=True, seed=args.seed, workers=threads
     )
+    val_ds = SegBatches(x_va, c_va, batch, workers=threads) if len(x_va) else None
     model_kwargs = model_arguments(args)
     with dist.scope:
         model = Tiramisu(**model_kwargs, name="tiramisu")
@@ -390,7 +425,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     best_path = ckpt_dir / "best.keras"
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt_dir / "backup")),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, mode="max", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(best_path), monitor=monitor, mode="max", save_best_only=True
+        ),
         keras.callbacks.EarlyStopping(
             monitor=monitor, mode="max", patience=args.patience, restore_best_weights=True
         ),
@@ -405,7 +442,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     final: dict[str, Any] = {}
     for name, x, c in (("train", x_tr, c_tr), ("val", x_va, c_va)):
-        if x is None or not len(x):
+        if not len(x):
             continue
         res = model.evaluate(SegBatches(x, c, batch), return_dict=True, verbose=0)
         final[name] = {k: float(v) for k, v in res.items()}
@@ -445,7 +482,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         **info,
     }
     _write_json(model_dir / "metrics.json", metrics)
-    plot_curves(history, model_dir / "curves.png", f"FC-DenseNet: Dice / IoU ({len(train_rows)} train, {len(val_rows)} val)")
+    plot_curves(
+        history,
+        model_dir / "curves.png",
+        f"FC-DenseNet: Dice / IoU ({len(train_rows)} train, {len(val_rows)} val)",
+    )
     if args.output_dir and Path(args.output_dir).resolve() != model_dir.resolve():
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)

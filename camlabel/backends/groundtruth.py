@@ -982,10 +982,8 @@ class GroundTruthBackend(Backend):
             raise AnnotationError(unsupported)
         value = line.value
         size = self._size(image_id, ref)
-        is_semseg = line.task_type in conv.SEMSEG_TYPES or (
-            line.label_attribute.endswith("-ref") and isinstance(value, str)
-        )
-        if is_semseg:
+        # Semantic segmentation is the only supported task type whose attribute ends in -ref.
+        if line.task_type in conv.SEMSEG_TYPES or line.label_attribute.endswith("-ref"):
             if value is None:
                 return TaskOutcome(image_id, ref, "unannotated", message="no label yet")
             return self._semseg(job, ref, image_id, line, size, worker_uris)
@@ -1005,7 +1003,10 @@ class GroundTruthBackend(Backend):
         bucket, key = _split_s3_uri(str(line.value))
         data, _ = self._get(bucket, key)
         mask = conv.lesion_mask_from_png(data, cmap, self.settings.label, size)
-        answers = self._worker_answers(worker_uris) if worker_uris else []
+        try:
+            answers = self._worker_answers(worker_uris) if worker_uris else []
+        except (AnnotationError, BackendError):
+            answers = []  # raw responses only feed telemetry; the consolidated mask stands
         when = conv.iso_utc(md.get("creation-date"), utcnow())
         spent = [a.time_spent_s for a in answers if a.time_spent_s is not None]
         modified = [a.find("initialValueModified") for a in answers]

@@ -7,27 +7,101 @@ from typing import Any
 
 import click
 
-from camlabel.cli.common import echo_json, info, json_option, open_workspace, print_failures, show_progress, workspace_option
+from camlabel.cli.common import (
+    echo_json,
+    info,
+    json_option,
+    open_workspace,
+    print_failures,
+    show_progress,
+    workspace_option,
+)
 
 
 @click.command("train-seg")
 @workspace_option
-@click.option("--on", "on", type=click.Choice(["local", "sagemaker"]), default="local", show_default=True, help="Where to train: this machine (GPU if visible, else CPU) or a SageMaker training job.")
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Epochs (the paper: 40).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=30, show_default=True, help="Batch size (the paper: 30).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Adam learning rate (the paper: 1e-4).")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Letterbox side in pixels [workspace seg_image_size, 256].")
-@click.option("--arch", default="fc-densenet103", show_default=True, help="Tiramisu size: fc-densenet103, fc-densenet67, fc-densenet56, tiny.")
-@click.option("--min-masks", type=click.IntRange(min=1), default=20, show_default=True, help="Refuse to train on fewer masked images.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.2, show_default=True, help="Share of patients held out for validation.")
-@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True, help="Early stopping patience (epochs).")
-@click.option("--seed", type=int, default=None, help="Split/augmentation/weights seed [workspace seed].")
+@click.option(
+    "--on",
+    "on",
+    type=click.Choice(["local", "sagemaker"]),
+    default="local",
+    show_default=True,
+    help="Where to train: this machine (GPU if visible, else CPU) or a SageMaker training job.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=40,
+    show_default=True,
+    help="Epochs (the paper: 40).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Batch size (the paper: 30).",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-4,
+    show_default=True,
+    help="Adam learning rate (the paper: 1e-4).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=32),
+    default=None,
+    help="Letterbox side in pixels [workspace seg_image_size, 256].",
+)
+@click.option(
+    "--arch",
+    default="fc-densenet103",
+    show_default=True,
+    help="Tiramisu size: fc-densenet103, fc-densenet67, fc-densenet56, tiny.",
+)
+@click.option(
+    "--min-masks",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Refuse to train on fewer masked images.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Share of patients held out for validation.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Early stopping patience (epochs).",
+)
+@click.option(
+    "--seed", type=int, default=None, help="Split/augmentation/weights seed [workspace seed]."
+)
 @click.option("--bucket", default=None, help="(sagemaker) S3 bucket [groundtruth.bucket].")
 @click.option("--prefix", default=None, help="(sagemaker) S3 key prefix [groundtruth.prefix].")
-@click.option("--role-arn", default=None, help="(sagemaker) execution role ARN [groundtruth.role_arn].")
-@click.option("--instance-type", default="ml.g5.xlarge", show_default=True, help="(sagemaker) training instance.")
+@click.option(
+    "--role-arn", default=None, help="(sagemaker) execution role ARN [groundtruth.role_arn]."
+)
+@click.option(
+    "--instance-type",
+    default="ml.g5.xlarge",
+    show_default=True,
+    help="(sagemaker) training instance.",
+)
 @click.option("--region", default=None, help="(sagemaker) AWS region [groundtruth.region].")
-@click.option("--dry-run", is_flag=True, help="(sagemaker) export the data and print the job plan; nothing is uploaded.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="(sagemaker) export the data and print the job plan; nothing is uploaded.",
+)
 @json_option
 def train_seg(
     workspace: Path,
@@ -90,9 +164,13 @@ def train_seg(
     def on_event(event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "device":
-            info(f"training on {event['device']} (mixed precision: {'on' if event['mixed_precision'] else 'off'})")
+            info(
+                f"training on {event['device']} (mixed precision: {'on' if event['mixed_precision'] else 'off'})"
+            )
         elif kind == "data":
-            info(f"{event['train']} training / {event['val']} validation image(s) at {event['image_size']} px ({event['split']} split)")
+            info(
+                f"{event['train']} training / {event['val']} validation image(s) at {event['image_size']} px ({event['split']} split)"
+            )
         elif kind == "status":
             info(f"SageMaker job: {event['status']} ({event['secondary']})")
 
@@ -127,7 +205,9 @@ def train_seg(
         )
         return
     if res.plan is not None:
-        click.echo(f"dry run: exported {len(res.mask_versions)} pair(s) to {res.export_dir}; the job would be:")
+        click.echo(
+            f"dry run: exported {len(res.mask_versions)} pair(s) to {res.export_dir}; the job would be:"
+        )
         echo_json(res.plan)
         return
     m = res.metrics
@@ -141,12 +221,44 @@ def train_seg(
 
 
 @click.command()
-@click.option("--classifier", "-c", "classifier", required=True, type=click.Path(exists=True, path_type=Path), help="Trained classifier (.keras or its model folder).")
-@click.option("--segmenter", "-s", "segmenter", required=True, type=click.Path(exists=True, path_type=Path), help="Trained segmenter (model folder from train-seg, or .keras).")
+@click.option(
+    "--classifier",
+    "-c",
+    "classifier",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Trained classifier (.keras or its model folder).",
+)
+@click.option(
+    "--segmenter",
+    "-s",
+    "segmenter",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Trained segmenter (model folder from train-seg, or .keras).",
+)
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Mask probability threshold [the segmenter's, 0.5].")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images per batch.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Mask probability threshold [the segmenter's, 0.5].",
+)
 @json_option
 def predict(
     classifier: Path,
@@ -170,7 +282,13 @@ def predict(
     from camlabel.segment import predict as run_predict
 
     res = run_predict(
-        classifier, segmenter, list(images), out, batch_size=batch_size, threshold=threshold, progress=show_progress()
+        classifier,
+        segmenter,
+        list(images),
+        out,
+        batch_size=batch_size,
+        threshold=threshold,
+        progress=show_progress(),
     )
     if as_json:
         echo_json({"items": res.items, "failures": [list(f) for f in res.failures]})
@@ -180,7 +298,9 @@ def predict(
     if res.failures and not res.items:
         from camlabel.errors import BatchError
 
-        raise BatchError("no image could be read", res.failures, hint="camlabel reads PNG, JPEG, TIFF and DICOM")
+        raise BatchError(
+            "no image could be read", res.failures, hint="camlabel reads PNG, JPEG, TIFF and DICOM"
+        )
     print_failures(res.failures, "image")
 
 

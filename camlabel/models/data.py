@@ -212,12 +212,21 @@ def grouped_stratified_split(
 
 
 # ------------------------------------------------------------------------ input pipeline
-def load_model_input(path: str | Path, size: int) -> np.ndarray:
-    """One image as the model sees it: letterboxed ``size x size x 3`` uint8 (RGB, gray x3)."""
-    from camlabel.imaging import read_image, to_model_input
+def letterbox_input(image: Any, size: int) -> tuple[np.ndarray, Any]:
+    """Model input for a ``LoadedImage`` (or array): ``to_model_input`` rounded to whole grey
+    levels (float32 ``size x size x 3`` in [0, 255]) and its ``Letterbox``. Training caches
+    the same values as uint8, so training and inference see identical inputs."""
+    from camlabel.imaging import to_model_input
 
-    x, _ = to_model_input(read_image(path), size)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    x, box = to_model_input(image, size)
+    return np.clip(np.rint(x), 0.0, 255.0).astype(np.float32), box
+
+
+def load_model_input(path: str | Path, size: int) -> np.ndarray:
+    """One image file as the model sees it: letterboxed ``size x size x 3`` uint8."""
+    from camlabel.imaging import read_image
+
+    return letterbox_input(read_image(path), size)[0].astype(np.uint8)
 
 
 def make_tf_dataset(
@@ -230,9 +239,13 @@ def make_tf_dataset(
     training: bool,
     seed: int = 0,
     augment: bool = True,
+    failures: list[tuple[str, str]] | None = None,
 ) -> Any:
     """A ``tf.data`` pipeline: parallel decode + letterbox (cached as uint8), then for
     training a seeded shuffle and light augmentation, batching and prefetch.
+
+    Unreadable images are dropped and appended to ``failures`` as ``(path, reason)`` when
+    the pipeline first reads them.
 
     Augmentation: rotation up to ±5°, shift up to ±4 % and brightness/contrast ±10 %.
     No horizontal flip: laterality is meaningful on a chest radiograph (heart on the
@@ -241,17 +254,28 @@ def make_tf_dataset(
     """
     import tensorflow as tf
 
+    from camlabel.errors import CamlabelError
+
     ds = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], np.asarray(labels, np.int64)))
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
 
-    def _load(path: Any) -> np.ndarray:
-        return load_model_input(path.decode() if isinstance(path, bytes) else str(path), image_size)
+    def _load(path: Any) -> tuple[np.ndarray, np.bool_]:
+        name = path.decode() if isinstance(path, bytes) else str(path)
+        try:
+            return load_model_input(name, image_size), np.bool_(True)
+        except CamlabelError as exc:
+            if failures is not None:
+                failures.append((name, exc.message))
+            return blank, np.bool_(False)
 
-    def load(path: Any, label: Any) -> tuple[Any, Any]:
-        img = tf.numpy_function(_load, [path], tf.uint8, stateful=False)
+    def load(path: Any, label: Any) -> tuple[Any, Any, Any]:
+        img, ok = tf.numpy_function(_load, [path], (tf.uint8, tf.bool), stateful=False)
         img.set_shape((image_size, image_size, 3))
-        return img, tf.one_hot(label, n_classes)
+        ok.set_shape(())
+        return img, tf.one_hot(label, n_classes), ok
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(lambda x, y, ok: ok).map(lambda x, y, ok: (x, y)).cache()
     if training:
         ds = ds.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)

@@ -128,7 +128,9 @@ def read_index(root: Path) -> list[IndexRow]:
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise ValueError(f"{path}: the header must name an 'id' column. Received: {reader.fieldnames}")
+            raise ValueError(
+                f"{path}: the header must name an 'id' column. Received: {reader.fieldnames}"
+            )
         rows = []
         for r in reader:
             rid = (r.get("id") or "").strip()
@@ -238,7 +240,9 @@ class SegBatches(keras.utils.PyDataset):
     ) -> None:
         super().__init__(**kwargs)
         if len(images) != len(codes) or len(images) == 0:
-            raise ValueError(f"need as many masks as images (> 0). Received: {len(images)}, {len(codes)}")
+            raise ValueError(
+                f"need as many masks as images (> 0). Received: {len(images)}, {len(codes)}"
+            )
         self.images = images
         self.codes = codes
         self.batch_size = int(batch_size)

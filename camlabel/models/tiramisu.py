@@ -37,8 +37,18 @@ FC_DENSENET103: dict[str, Any] = {
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "fc-densenet103": FC_DENSENET103,
     # The paper's two smaller models.
-    "fc-densenet67": {"growth_rate": 16, "initial_filters": 48, "down_blocks": (5,) * 5, "bottleneck_layers": 5},
-    "fc-densenet56": {"growth_rate": 12, "initial_filters": 48, "down_blocks": (4,) * 5, "bottleneck_layers": 4},
+    "fc-densenet67": {
+        "growth_rate": 16,
+        "initial_filters": 48,
+        "down_blocks": (5,) * 5,
+        "bottleneck_layers": 5,
+    },
+    "fc-densenet56": {
+        "growth_rate": 12,
+        "initial_filters": 48,
+        "down_blocks": (4,) * 5,
+        "bottleneck_layers": 4,
+    },
     # For tests and CPU demos only (about 0.01 M parameters).
     "tiny": {"growth_rate": 4, "initial_filters": 8, "down_blocks": (2, 2), "bottleneck_layers": 2},
 }
@@ -62,7 +72,9 @@ class PadToMultiple(layers.Layer):
     def __init__(self, multiple: int = 32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if int(multiple) < 1:
-            raise ValueError(f"`multiple` must be a positive integer. Received: multiple={multiple}")
+            raise ValueError(
+                f"`multiple` must be a positive integer. Received: multiple={multiple}"
+            )
         self.multiple = int(multiple)
 
     def call(self, x: Any) -> Any:
@@ -95,7 +107,9 @@ class CropToReference(layers.Layer):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
 
 
-def _bn_relu_conv(x: Any, filters: int, kernel: int, dropout: float, momentum: float, name: str) -> Any:
+def _bn_relu_conv(
+    x: Any, filters: int, kernel: int, dropout: float, momentum: float, name: str
+) -> Any:
     x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
     x = layers.Conv2D(
@@ -166,7 +180,11 @@ class Tiramisu(keras.Model):
         **kwargs: Any,
     ) -> None:
         down = _check_blocks("down_blocks", down_blocks)
-        up = _check_blocks("up_blocks", up_blocks) if up_blocks is not None else tuple(reversed(down))
+        up = (
+            _check_blocks("up_blocks", up_blocks)
+            if up_blocks is not None
+            else tuple(reversed(down))
+        )
         if len(up) != len(down):
             raise ValueError(
                 "`up_blocks` needs one entry per down block. "
@@ -175,7 +193,9 @@ class Tiramisu(keras.Model):
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
         if not 0.0 <= float(bn_momentum) < 1.0:
-            raise ValueError(f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum}")
+            raise ValueError(
+                f"`bn_momentum` must be in [0, 1). Received: bn_momentum={bn_momentum}"
+            )
         for arg, val in (
             ("input_channels", input_channels),
             ("num_classes", num_classes),

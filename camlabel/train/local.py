@@ -98,9 +98,10 @@ def run_training(
     child_env.update(env or {})
     tail: deque[str] = deque(maxlen=40)
     total = int(hyperparameters.get("epochs") or 0) or None
-    with log_path.open("w", encoding="utf-8") as log, progress_bar(
-        total=total, desc="train-seg", enabled=progress, unit="epoch"
-    ) as bar:
+    with (
+        log_path.open("w", encoding="utf-8") as log,
+        progress_bar(total=total, desc="train-seg", enabled=progress, unit="epoch") as bar,
+    ):
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(

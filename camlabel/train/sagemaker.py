@@ -122,7 +122,9 @@ class SageMakerJob:
         return dict(self.__dict__)
 
 
-def training_image_uri(region: str, instance_type: str = DEFAULT_INSTANCE, tf_version: str = TF_VERSION) -> str:
+def training_image_uri(
+    region: str, instance_type: str = DEFAULT_INSTANCE, tf_version: str = TF_VERSION
+) -> str:
     """The AWS Deep Learning Container for TensorFlow training matching ``tf_version``."""
     from sagemaker.core import image_uris
 
@@ -187,7 +189,9 @@ def _client(session: Any, name: str) -> Any:
     from botocore.config import Config
 
     attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "5"))
-    cfg = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": attempts, "mode": "standard"})
+    cfg = Config(
+        connect_timeout=10, read_timeout=60, retries={"max_attempts": attempts, "mode": "standard"}
+    )
     return session.client(name, config=cfg)
 
 
@@ -226,7 +230,11 @@ def plan(
         "output_uri": f"s3://{settings.bucket}/{base}/output",
         "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
         "entry_script": "train_seg.py",
-        "bundled": ["train_seg.py", "requirements.txt", *(f"camlabel/{m}" for m in BUNDLED_MODULES)],
+        "bundled": [
+            "train_seg.py",
+            "requirements.txt",
+            *(f"camlabel/{m}" for m in BUNDLED_MODULES),
+        ],
     }
 
 
@@ -283,7 +291,9 @@ def launch(
     return follow(job, settings, on_status=on_status)
 
 
-def _create_job(session: Any, settings: SageMakerSettings, p: Mapping[str, Any], src: Path) -> tuple[str, str | None]:
+def _create_job(
+    session: Any, settings: SageMakerSettings, p: Mapping[str, Any], src: Path
+) -> tuple[str, str | None]:
     from sagemaker.core.helper.session_helper import Session
     from sagemaker.train import ModelTrainer
     from sagemaker.train.configs import (

@@ -531,8 +531,9 @@ def test_dry_run_reports_the_request_problems(ws, aws_env):
 
 def test_missing_role_is_refused_before_anything_is_sent(ws, s3, sm, aws_env):
     client, _ = sm  # nothing queued: any SageMaker call would raise
-    with pytest.raises(ValidationError, match="RoleArn"):
+    with pytest.raises(ValidationError, match="RoleArn") as info:
         backend(ws, aws_env, client, role_arn=None).push(make_items(ws), progress=False)
+    assert "--role-arn" in info.value.hint
     assert all_objects(s3) == {}
 
 
@@ -540,9 +541,9 @@ def test_out_of_range_setting_is_refused_naming_the_field(ws, s3, sm, aws_env):
     client, _ = sm
     with pytest.raises(ValidationError) as info:
         backend(ws, aws_env, client, task_time_limit=5).push(make_items(ws), progress=False)
-    assert "HumanTaskConfig.TaskTimeLimitInSeconds" in str(info.value) and ">= 30" in str(
-        info.value
-    )
+    msg = str(info.value)
+    assert "HumanTaskConfig.TaskTimeLimitInSeconds" in msg and ">= 30" in msg
+    assert "task_time_limit" in info.value.hint
     assert all_objects(s3) == {}
 
 
@@ -1095,3 +1096,47 @@ def test_loop_push_and_pull_through_the_interface(ws, s3, sm, aws_env):
         )
         (ann,) = rec.annotations
         assert ann.accepted_unchanged is False
+
+
+def test_pull_stopped_job_reads_the_partial_output(ws, s3, sm, aws_env):
+    client, stub = sm
+    job = "camlabel-ffffffffffff"
+    root = f"{OUT}/{job}"
+    ids = [iid(60), iid(61)]
+    refs = job_refs(job, [(i, 10, 12) for i in ids])
+    labeled = {
+        "source-ref": "s3://b/a.png",
+        "camlabel-image-id": ids[0],
+        "camlabel-lesion-ref": f"{root}/a.png",
+        "camlabel-lesion-ref-metadata": {
+            "internal-color-map": CMAP,
+            "type": "groundtruth/semantic-segmentation",
+            "creation-date": "2026-01-01T00:00:00",
+        },
+    }
+    unlabeled = {"source-ref": "s3://b/b.png", "camlabel-image-id": ids[1]}
+    put(
+        s3,
+        f"{root}/manifests/output/output.manifest",
+        f"{json.dumps(labeled)}\n{json.dumps(unlabeled)}\n",
+    )
+    put(s3, f"{root}/a.png", color_png(10, 12, (0, 0, 4, 4)))
+    # A raw response for the unlabeled object (submitted, not consolidated yet) changes nothing.
+    put(
+        s3,
+        f"{root}/annotations/worker-response/iteration-1/1/x.json",
+        worker_file([{"workerId": "w", "answerContent": {"crowd-semantic-segmentation": {}}}]),
+    )
+    stub.add_response(
+        "describe_labeling_job",
+        describe_response(job, "Stopped", output_uri=f"{root}/manifests/output/output.manifest"),
+    )
+    report = backend(ws, aws_env, client).pull(refs, progress=False)
+    by_id = {o.image_id: o for o in report.outcomes}
+    assert report.failures == []
+    assert by_id[ids[0]].status == "annotated"
+    np.testing.assert_array_equal(
+        by_id[ids[0]].annotations[0].mask, rect_mask(10, 12, (0, 0, 4, 4))
+    )
+    assert by_id[ids[1]].status == "unannotated"
+    assert report.cursor["jobs"][job]["complete"] is False  # a stopped job is read again next time

@@ -22,14 +22,14 @@ import pytest
 pytest.importorskip("sagemaker.train", reason="the optional [sagemaker] extra is not installed")
 pytest.importorskip("moto.server")
 
-import boto3  # noqa: E402
-import requests  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
+import boto3
+import requests
+from click.testing import CliRunner
 
-from camlabel.cli.main import cli  # noqa: E402
-from camlabel.segment import train_segmenter  # noqa: E402
-from camlabel.train import sagemaker as sm  # noqa: E402
-from tests.seg_factory import make_masked_workspace  # noqa: E402
+from camlabel.cli.main import cli
+from camlabel.segment import train_segmenter
+from camlabel.train import sagemaker as sm
+from tests.seg_factory import make_masked_workspace
 
 pytestmark = pytest.mark.moto
 
@@ -78,8 +78,12 @@ def telemetry_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     from sagemaker.core.telemetry import telemetry_logging
 
     calls: list[Any] = []
-    monkeypatch.setattr(telemetry_logging, "_send_telemetry_request", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr(telemetry_logging, "_send_telemetry_request_sync", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(
+        telemetry_logging, "_send_telemetry_request", lambda *a, **k: calls.append(a)
+    )
+    monkeypatch.setattr(
+        telemetry_logging, "_send_telemetry_request_sync", lambda *a, **k: calls.append(a)
+    )
     return calls
 
 
@@ -99,9 +103,15 @@ def _model_tarball(tmp_path: Path) -> bytes:
     d = tmp_path / "container-model"
     d.mkdir()
     keras.utils.set_random_seed(0)
-    Tiramisu(growth_rate=4, initial_filters=8, down_blocks=(2, 2), bottleneck_layers=2).save(d / "model.keras")
+    Tiramisu(growth_rate=4, initial_filters=8, down_blocks=(2, 2), bottleneck_layers=2).save(
+        d / "model.keras"
+    )
     (d / "model_info.json").write_text(json.dumps({"image_size": 32, "threshold": 0.5}))
-    (d / "metrics.json").write_text(json.dumps({"val_dice": 0.5, "val_iou": 0.4, "n_train": 6, "n_val": 2, "device": "1 GPU(s)"}))
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {"val_dice": 0.5, "val_iou": 0.4, "n_train": 6, "n_val": 2, "device": "1 GPU(s)"}
+        )
+    )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for p in d.iterdir():
@@ -113,14 +123,25 @@ def test_train_seg_on_sagemaker_creates_the_job_uploads_and_downloads(
     aws: Any, telemetry_calls: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ws = make_masked_workspace(tmp_path / "ws")
-    settings = sm.SageMakerSettings(bucket=BUCKET, role_arn=ROLE, prefix="team/camlabel", region=REGION, poll_s=0.1, timeout_s=60)
+    settings = sm.SageMakerSettings(
+        bucket=BUCKET,
+        role_arn=ROLE,
+        prefix="team/camlabel",
+        region=REGION,
+        poll_s=0.1,
+        timeout_s=60,
+    )
     tarball = _model_tarball(tmp_path)
     seen: dict[str, Any] = {}
     real_follow = sm.follow
 
-    def follow_after_container(job: sm.SageMakerJob, s: sm.SageMakerSettings, **kw: Any) -> sm.SageMakerJob:
+    def follow_after_container(
+        job: sm.SageMakerJob, s: sm.SageMakerSettings, **kw: Any
+    ) -> sm.SageMakerJob:
         # moto "completes" the job without running it: play the container's part.
-        d = boto3.client("sagemaker", region_name=REGION).describe_training_job(TrainingJobName=job.name)
+        d = boto3.client("sagemaker", region_name=REGION).describe_training_job(
+            TrainingJobName=job.name
+        )
         seen["describe"] = d
         bucket, _, key = d["ModelArtifacts"]["S3ModelArtifacts"][len("s3://") :].partition("/")
         aws.put_object(Bucket=bucket, Key=key, Body=tarball)
@@ -153,7 +174,9 @@ def test_train_seg_on_sagemaker_creates_the_job_uploads_and_downloads(
         "patience": "10",
         "arch": "tiny",
     }
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in d["InputDataConfig"]}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in d["InputDataConfig"]
+    }
     data_uri = f"s3://{BUCKET}/team/camlabel/{res.run_id}/data/"
     assert channels["train"] == data_uri
     # the channel points at the uploaded export: index.csv + one image and one mask per record
@@ -161,7 +184,9 @@ def test_train_seg_on_sagemaker_creates_the_job_uploads_and_downloads(
     ids = sorted(r.image_id for r in ws.ledger.all())
     prefix = f"team/camlabel/{res.run_id}/data/"
     assert sorted(data_keys) == sorted(
-        [prefix + "index.csv"] + [f"{prefix}images/{i}.png" for i in ids] + [f"{prefix}masks/{i}.png" for i in ids]
+        [prefix + "index.csv"]
+        + [f"{prefix}images/{i}.png" for i in ids]
+        + [f"{prefix}masks/{i}.png" for i in ids]
     )
     index = aws.get_object(Bucket=BUCKET, Key=prefix + "index.csv")["Body"].read().decode()
     assert index.splitlines()[0] == "id,patient_id,split,label,mask_version"
@@ -169,15 +194,26 @@ def test_train_seg_on_sagemaker_creates_the_job_uploads_and_downloads(
     code_uri = channels["code"]
     code_prefix = code_uri[len(f"s3://{BUCKET}/") :].rstrip("/") + "/"
     code = {k[len(code_prefix) :] for k in _keys(aws, code_prefix)}
-    assert {"train_seg.py", "requirements.txt", "camlabel/__init__.py", "camlabel/errors.py"} <= code
-    assert {f"camlabel/models/{m}.py" for m in ("tiramisu", "seg_metrics", "seg_data", "data")} <= code
+    assert {
+        "train_seg.py",
+        "requirements.txt",
+        "camlabel/__init__.py",
+        "camlabel/errors.py",
+    } <= code
+    assert {
+        f"camlabel/models/{m}.py" for m in ("tiramisu", "seg_metrics", "seg_data", "data")
+    } <= code
     assert not {k for k in code if k.startswith("camlabel/") and "models" not in k} - {
         "camlabel/__init__.py",
         "camlabel/errors.py",
     }
     uploaded = aws.get_object(Bucket=BUCKET, Key=code_prefix + "train_seg.py")["Body"].read()
-    assert uploaded == (Path(__file__).resolve().parents[2] / "training" / "train_seg.py").read_bytes()
-    assert d["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/team/camlabel/{res.run_id}/output"
+    assert (
+        uploaded == (Path(__file__).resolve().parents[2] / "training" / "train_seg.py").read_bytes()
+    )
+    assert (
+        d["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/team/camlabel/{res.run_id}/output"
+    )
     # followed to the end, downloaded, extracted, recorded
     assert statuses and statuses[-1]["status"] == "Completed"
     assert (res.model_dir / "model.keras").is_file()
@@ -198,7 +234,11 @@ def test_failed_job_is_reported_with_its_reason(aws: Any, monkeypatch: pytest.Mo
 
     class FakeClient:
         def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:
-            return {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed", "FailureReason": "AlgorithmError: OOM"}
+            return {
+                "TrainingJobStatus": "Failed",
+                "SecondaryStatus": "Failed",
+                "FailureReason": "AlgorithmError: OOM",
+            }
 
     monkeypatch.setattr(sm, "_client", lambda session, name: FakeClient())
     job = sm.SageMakerJob("j", None, IMAGE, "ml.g5.xlarge", "s3://b/d/", "s3://b/o", {})
@@ -210,13 +250,29 @@ def test_cli_dry_run_and_missing_role(aws: Any, tmp_path: Path) -> None:
     ws = make_masked_workspace(tmp_path / "ws")
     r = CliRunner().invoke(
         cli,
-        ["train-seg", "-w", str(ws.root), "--on", "sagemaker", "--bucket", BUCKET, "--role-arn", ROLE, "--dry-run", "--min-masks", "4", "--json"],
+        [
+            "train-seg",
+            "-w",
+            str(ws.root),
+            "--on",
+            "sagemaker",
+            "--bucket",
+            BUCKET,
+            "--role-arn",
+            ROLE,
+            "--dry-run",
+            "--min-masks",
+            "4",
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["plan"]["image_uri"] == IMAGE and out["plan"]["instance_type"] == "ml.g5.xlarge"
     assert out["plan"]["hyperparameters"]["epochs"] == "40"
     assert _keys(aws) == []  # a dry run uploads nothing
-    r = CliRunner().invoke(cli, ["train-seg", "-w", str(ws.root), "--on", "sagemaker", "--bucket", BUCKET])
+    r = CliRunner().invoke(
+        cli, ["train-seg", "-w", str(ws.root), "--on", "sagemaker", "--bucket", BUCKET]
+    )
     assert r.exit_code == 1
     assert "execution role" in r.output and "--role-arn" in r.output

@@ -338,6 +338,10 @@ def test_pct_px_round_trip(pts: list, width: int, height: int) -> None:
 def test_pct_corners_map_to_image_corners() -> None:
     px = g.pct_to_px([[0, 0], [100, 100], [50, 25]], 640, 426)
     np.testing.assert_array_equal(px, [[0, 0], [640, 426], [320, 106.5]])
+    sizes = np.arange(1, 5000)
+    for w in sizes:  # 100 % is exactly the image edge, never a rounding error past it
+        assert g.pct_to_px([[100, 100]], int(w), int(w))[0, 0] == w
+        assert g.px_to_pct([[w, w]], int(w), int(w))[0, 0] == 100.0
 
 
 def test_ground_truth_vertices() -> None:
