@@ -64,10 +64,13 @@ Int16Array = npt.NDArray[np.int16]
 
 
 # =============================================================================== points
-def _as_points(value: Any, what: str, *, min_points: int = 0) -> FloatArray:
-    """``value`` as a fresh float64 ``(N, 2)`` array of finite xy points, or GeometryError."""
+def _as_points(value: Any, what: str, *, min_points: int = 0, copy: bool = True) -> FloatArray:
+    """``value`` as a float64 ``(N, 2)`` array of finite xy points, or GeometryError.
+
+    ``copy=False`` may return ``value`` itself (for read-only use).
+    """
     try:
-        pts = np.array(value, dtype=np.float64)
+        pts = np.array(value, dtype=np.float64) if copy else np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise GeometryError(
             f"{what} must be a sequence of [x, y] pairs. Received: {value!r:.120}",
@@ -190,7 +193,7 @@ class PolygonPx:
 def _rings_of(polygon: PolygonPx | npt.ArrayLike, what: str) -> list[FloatArray]:
     if isinstance(polygon, PolygonPx):
         return [polygon.exterior, *polygon.holes]
-    return [_as_points(polygon, what)]
+    return [_as_points(polygon, what, copy=False)]
 
 
 # ===================================================================== polygons -> mask
@@ -270,13 +273,17 @@ def _scanline_spans(
     xc = ex0 + ((rows + 0.5) - ey0) * (x1[edge_of] - ex0) / (y1[edge_of] - ey0)
     # First column whose centre is >= the crossing; clipping keeps the even-odd parity.
     cols = np.clip(np.ceil(xc - 0.5), 0, w).astype(np.int64)
-    ring_owner = np.repeat(np.asarray(owner, dtype=np.int64), lengths)
-    keys = (ring_owner[edge_of] * h + rows) * (w + 1) + cols
-    keys.sort()
-    # Every (owner, row) has an even number of crossings, so sorted keys pair up in order.
-    flat = keys % (h * (w + 1))
-    row, col = np.divmod(flat, w + 1)
-    pos = row * w + col  # col == w maps to the next row's start: a correct exclusive end
+    # Flat index row * w + col; col == w is the next row's start, a correct exclusive end.
+    # The map is monotone in (row, col) and tied keys are equal values, so sorting it and
+    # pairing neighbours pairs each row's crossings (always an even number) in x order.
+    pos = rows * w + cols
+    if owner[-1] != owner[0]:  # several polygons: keep each one's crossings apart
+        stride = h * w + 1
+        pos += np.repeat(np.asarray(owner, dtype=np.int64), lengths)[edge_of] * stride
+        pos.sort()
+        pos %= stride
+    else:
+        pos.sort()
     starts, ends = pos[0::2], pos[1::2]
     keep = ends > starts
     return starts[keep], ends[keep]
@@ -730,7 +737,7 @@ def _read_words(padded: UInt8Array, bit_pos: npt.NDArray[np.int64], word: int) -
 def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8Array:
     """Decode Label Studio brush RLE to ``length`` uint8 values (RGBA pixels flattened).
 
-    Output is identical to ``label_studio_sdk.converter.brush.decode_rle`` (>= 20x faster
+    Output is identical to ``label_studio_sdk.converter.brush.decode_rle`` (~20x faster
     on a 2048 x 2048 mask, see docs/benchmarks.md). The run headers are chained in a
     Python loop that does one table lookup and one append per run (a few thousand for a
     mask); everything else (header fields, words, expansion) is vectorised with numpy.
@@ -777,31 +784,38 @@ def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8
         for flag in (0, 1)
         for n in sizes
     ]
+    # Walk the run headers to the end of the data (the loop's only job, so it stays tight);
+    # the runs past value `num` (at most a padding artefact or two) are cut off below.
     starts: list[int] = []
     append = starts.append
-    pos, i = 53, 0
+    pos = 53
     try:
-        while i < num:
+        while True:
             bits = window[pos >> 3] << (pos & 7)  # IndexError once pos runs past the data
             append(pos)
             shift, count_mask, header, per_value = runs[(bits >> 29) & 7]
-            count = ((bits >> shift) & count_mask) + 1
-            i += count
-            pos += header + count * per_value
+            pos += header + (((bits >> shift) & count_mask) + 1) * per_value
     except IndexError:
         pass
-    if i < num or pos > n_bits:
-        raise GeometryError(
-            f"brush RLE is truncated: its {n_bytes} bytes end before value {min(i, num)} of {num}",
-            hint="the annotation's rle list was cut off; re-export it from Label Studio",
-        )
     # Header fields of every run, vectorised.
     run_pos = np.asarray(starts, dtype=np.int64)
     bits_at = windows[run_pos >> 3].astype(np.int64) << (run_pos & 7)
     repeat = ((bits_at >> 31) & 1).astype(np.bool_)
     n_run = np.asarray(sizes, dtype=np.int64)[(bits_at >> 29) & 3]
     count_run = ((bits_at >> (29 - n_run)) & ((1 << n_run) - 1)) + 1
+    first_value = np.cumsum(count_run) - count_run
+    n_runs = int(np.searchsorted(first_value, num))  # runs that start before value `num`
+    run_pos, repeat, n_run = run_pos[:n_runs], repeat[:n_runs], n_run[:n_runs]
+    count_run, first_value = count_run[:n_runs], first_value[:n_runs]
     word_pos = run_pos + 3 + n_run
+    decoded = int(first_value[-1] + count_run[-1]) if n_runs else 0
+    end_bit = int(word_pos[-1] + (word if repeat[-1] else count_run[-1] * word)) if n_runs else 53
+    if decoded < num or end_bit > n_bits:
+        raise GeometryError(
+            f"brush RLE is truncated: its {n_bytes} bytes end before value "
+            f"{min(decoded, num)} of {num}",
+            hint="the annotation's rle list was cut off; re-export it from Label Studio",
+        )
     value = np.zeros(len(run_pos), dtype=np.uint8)
     value[repeat] = _read_words(padded, word_pos[repeat], word)
     out = np.repeat(value, count_run)[:num]
@@ -810,7 +824,7 @@ def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8
         lit_count = count_run[literal]
         first = np.cumsum(lit_count) - lit_count
         k = np.arange(int(lit_count.sum()), dtype=np.int64) - np.repeat(first, lit_count)
-        out_idx = np.repeat((np.cumsum(count_run) - count_run)[literal], lit_count) + k
+        out_idx = np.repeat(first_value[literal], lit_count) + k
         bit_idx = np.repeat(word_pos[literal], lit_count) + k * word
         keep = out_idx < num  # the last run may overshoot; thi.ng drops the excess
         out[out_idx[keep]] = _read_words(padded, bit_idx[keep], word)

@@ -126,7 +126,10 @@ def find_ls_bin(explicit: str | Path | None = None) -> Path:
 
     ``<repo>`` is the source tree camlabel runs from (editable install or checkout).
     """
-    for origin, value in (("--ls-bin", explicit), ("CAMLABEL_LS_BIN", os.environ.get("CAMLABEL_LS_BIN"))):
+    for origin, value in (
+        ("--ls-bin", explicit),
+        ("CAMLABEL_LS_BIN", os.environ.get("CAMLABEL_LS_BIN")),
+    ):
         if value:
             path = Path(value).expanduser()
             if path.is_dir():
@@ -172,7 +175,9 @@ def _ls_python(ls_bin: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------- environment
-def server_env(data_dir: Path, document_root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_env(
+    data_dir: Path, document_root: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The child's environment: data inside ``data_dir``, no telemetry, local files under ``document_root``."""
     env = {
         k: v
@@ -198,18 +203,24 @@ def server_env(data_dir: Path, document_root: Path, extra: Mapping[str, str] | N
     return env
 
 
-def _run(cmd: list[str], env: Mapping[str, str], what: str, timeout: float, log: Path | None = None) -> None:
+def _run(
+    cmd: list[str], env: Mapping[str, str], what: str, timeout: float, log: Path | None = None
+) -> None:
     try:
         proc = subprocess.run(cmd, env=dict(env), capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise BackendError(f"{what} did not finish within {timeout:.0f} s ({' '.join(cmd[:2])} ...)") from exc
+        raise BackendError(
+            f"{what} did not finish within {timeout:.0f} s ({' '.join(cmd[:2])} ...)"
+        ) from exc
     out = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
     if log is not None:
         with log.open("a", encoding="utf-8") as fh:
             fh.write(f"--- {what} ({_now()})\n{out}\n")
     if proc.returncode != 0:
         tail = "\n".join(out.strip().splitlines()[-15:])
-        raise BackendError(f"{what} failed with exit code {proc.returncode}:\n{tail}", hint=INSTALL_HINT)
+        raise BackendError(
+            f"{what} failed with exit code {proc.returncode}:\n{tail}", hint=INSTALL_HINT
+        )
 
 
 # --------------------------------------------------------------------------- data dirs
@@ -379,7 +390,7 @@ def free_port(host: str = HOST) -> int:
 def health(url: str, timeout: float = 2.0) -> bool:
     """True when ``url``/health answers ``{"status": "UP"}``."""
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as resp:
             return resp.status == 200 and b"UP" in resp.read(200)
     except (OSError, urllib.error.URLError, ValueError):
         return False
@@ -391,7 +402,9 @@ def _cmdline(pid: int) -> list[str]:
     except OSError:
         if Path("/proc").is_dir():
             return []
-        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, check=False)
+        out = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, check=False
+        )
         return out.stdout.decode(errors="replace").split()
     return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
 
@@ -499,7 +512,7 @@ def start_server(
     with log_path.open("ab") as log:
         log.write(f"--- camlabel: starting Label Studio on {HOST}:{port} ({_now()})\n".encode())
         log.flush()
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             cmd,
             env=server_env(data_dir, document_root.resolve()),
             stdin=subprocess.DEVNULL,
@@ -622,7 +635,7 @@ def status(ws: Workspace) -> ServerStatus:
         return ServerStatus(running=False, data_dir=dd, message=msg)
     pid = int(state.get("pid", 0))
     url = state.get("url")
-    common = {
+    common: dict[str, Any] = {
         "data_dir": dd,
         "log_path": dd / LOG_NAME,
         "version": state.get("version"),
@@ -714,4 +727,3 @@ def _file_lock(path: Path) -> Any:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-

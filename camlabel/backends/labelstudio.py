@@ -89,14 +89,25 @@ UPLOAD_CHUNK = 50
 #: Tasks per page when listing.
 PAGE_SIZE = 1000
 #: Seconds subtracted from the server's clock for the pull cursor (see the module docstring).
-CURSOR_MARGIN_S = 120
+CURSOR_MARGIN_S = 30
 HINT_DOWN = (
     "is the server running? Start the embedded one with: camlabel labelstudio start -w WS; "
     "for another server pass --url and --token (env CAMLABEL_LS_URL / CAMLABEL_LS_TOKEN)"
 )
 #: Fields read when pulling (task fields, then the annotation fields, see _changed_tasks).
-_ANN_KEYS = frozenset({"id", "result", "was_cancelled", "completed_by", "lead_time", "created_at", "updated_at"})
-PULL_INCLUDE = ",".join(["id", "data", "updated_at", "annotations", "predictions", *sorted(_ANN_KEYS - {"id", "updated_at"})])
+_ANN_KEYS = frozenset(
+    {"id", "result", "was_cancelled", "completed_by", "lead_time", "created_at", "updated_at"}
+)
+PULL_INCLUDE = ",".join(
+    [
+        "id",
+        "data",
+        "updated_at",
+        "annotations",
+        "predictions",
+        *sorted(_ANN_KEYS - {"id", "updated_at"}),
+    ]
+)
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what the Data Manager's Datetime filter parses
 
 
@@ -290,15 +301,22 @@ class LabelStudioBackend(Backend):
         return {"max_retries": 0, "timeout": self.timeout}
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one SDK request with bounded retries; map failures to camlabel errors."""
+        """Run one SDK request with bounded retries; map failures to camlabel errors.
+
+        Only for idempotent requests: a request whose answer was lost is sent again.
+        """
+        self.ls  # noqa: B018  (connect lazily, resolving URL and token)
+        return self._retrying(what, lambda: fn(*args, request_options=self._opts(), **kwargs))
+
+    def _retrying(self, what: str, send: Callable[[], T], retries: int | None = None) -> T:
         import httpx
         from label_studio_sdk.core.api_error import ApiError
 
-        self.ls  # noqa: B018  (connect lazily, resolving URL and token)
+        retries = self.retries if retries is None else retries
         last = ""
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             try:
-                return fn(*args, request_options=self._opts(), **kwargs)
+                return send()
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except ApiError as exc:
@@ -306,15 +324,18 @@ class LabelStudioBackend(Backend):
                 if code is not None and code < 500 and code not in (408, 429):
                     raise self._refused(what, code, exc.body) from None
                 last = f"HTTP {code}"
-            if attempt < self.retries:
-                time.sleep(min(self.backoff * 2**attempt, 8.0))
+            if attempt < retries:
+                time.sleep(self._delay(attempt))
         raise BackendUnavailable(
             self._scrub(
                 f"Label Studio at {self.url} did not answer: {what} failed after "
-                f"{self.retries + 1} attempt(s) ({last})"
+                f"{retries + 1} attempt(s) ({last})"
             ),
             hint=HINT_DOWN,
         )
+
+    def _delay(self, attempt: int) -> float:
+        return float(min(self.backoff * 2**attempt, 8.0))
 
     def _refused(self, what: str, code: int, body: Any) -> BackendError:
         detail = body.get("detail", body) if isinstance(body, Mapping) else body
@@ -327,39 +348,33 @@ class LabelStudioBackend(Backend):
             )
         return BackendError(f"Label Studio at {self.url} refused {what}: HTTP {code} ({text})")
 
-    def _raw(self, what: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A request the SDK has no method for (multipart upload, the server clock), same retries."""
-        import httpx
+    def _raw(
+        self, what: str, method: str, path: str, *, retries: int | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """A request outside the SDK's typed methods, with the SDK's auth and the same retries.
+
+        Used for the multipart upload, the server clock, and the bulk import (the SDK's
+        per-field serialization of a 500-task request costs a third of the push time).
+        """
+        from label_studio_sdk.core.api_error import ApiError
 
         ls = self.ls
         assert self._http is not None
+        http = self._http
         # The SDK's client wrapper knows the auth scheme (legacy "Token" or PAT "Bearer").
         headers = dict(ls._client_wrapper.get_headers())
-        last = ""
-        for attempt in range(self.retries + 1):
-            try:
-                resp = self._http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code < 400:
-                    return resp
-                if resp.status_code < 500 and resp.status_code not in (408, 429):
-                    try:
-                        body: Any = resp.json()
-                    except ValueError:
-                        body = resp.text
-                    raise self._refused(what, resp.status_code, body)
-                last = f"HTTP {resp.status_code}"
-            if attempt < self.retries:
-                time.sleep(min(self.backoff * 2**attempt, 8.0))
-        raise BackendUnavailable(
-            self._scrub(
-                f"Label Studio at {self.url} did not answer: {what} failed after "
-                f"{self.retries + 1} attempt(s) ({last})"
-            ),
-            hint=HINT_DOWN,
-        )
+
+        def send() -> httpx.Response:
+            resp = http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
+            if resp.status_code >= 400:
+                try:
+                    body: Any = resp.json()
+                except ValueError:
+                    body = resp.text
+                raise ApiError(status_code=resp.status_code, headers=dict(resp.headers), body=body)
+            return resp
+
+        return self._retrying(what, send, retries)
 
     # ------------------------------------------------------------------ project
     @property
@@ -508,7 +523,7 @@ class LabelStudioBackend(Backend):
             if query:
                 kwargs["query"] = query
             try:
-                pager = self._call(
+                pager: Any = self._call(
                     f"list the tasks of project {pid} (page {page})", self.ls.tasks.list, **kwargs
                 )
             except BackendError as exc:
@@ -618,24 +633,18 @@ class LabelStudioBackend(Backend):
     def _import_chunk(
         self, pid: int, tasks: list[tuple[PushItem, dict[str, Any]]]
     ) -> dict[str, int]:
-        """Import one chunk; after a failed attempt, re-list first and send only what is missing."""
+        """Import one chunk, ``{image_id: task id}``.
+
+        POST /import is not idempotent: when an attempt fails (connection lost, timeout, 5xx)
+        the server may still have committed it, so before sending again the project is
+        listed and only the images still missing are re-sent.
+        """
         done: dict[str, int] = {}
         pending = list(tasks)
-        attempt = 0
-        while pending:
-            try:
-                resp = self._call(
-                    f"import {len(pending)} task(s) into project {pid}",
-                    self.ls.projects.import_tasks,
-                    pid,
-                    request=[t for _, t in pending],
-                    return_task_ids=True,
-                )
-            except BackendUnavailable:
-                # The server may have committed the chunk before the connection broke.
-                attempt += 1
-                if attempt > 1:
-                    raise
+        failure: BackendUnavailable | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self._delay(attempt - 1))
                 present = self.existing_tasks(pid)
                 done.update(
                     {
@@ -645,8 +654,21 @@ class LabelStudioBackend(Backend):
                     }
                 )
                 pending = [(it, t) for it, t in pending if it.image_id not in present]
+                if not pending:
+                    return done
+            try:
+                resp = self._raw(
+                    f"import {len(pending)} task(s) into project {pid}",
+                    "POST",
+                    f"/api/projects/{pid}/import",
+                    params={"return_task_ids": "true"},
+                    json=[t for _, t in pending],
+                    retries=0,
+                )
+            except BackendUnavailable as exc:
+                failure = exc
                 continue
-            ids = list(resp.task_ids or [])
+            ids = list(resp.json().get("task_ids") or [])
             if len(ids) == len(pending):  # Label Studio returns them in request order
                 done.update(
                     {it.image_id: int(tid) for (it, _), tid in zip(pending, ids, strict=True)}
@@ -660,8 +682,12 @@ class LabelStudioBackend(Backend):
                         if it.image_id in present
                     }
                 )
-            pending = []
-        return done
+            return done
+        assert failure is not None
+        raise BackendUnavailable(
+            failure.message.replace("after 1 attempt(s)", f"after {self.retries + 1} attempt(s)"),
+            hint=failure.hint,
+        )
 
     def task_payload(self, item: PushItem, image_url: str) -> dict[str, Any]:
         """One task: the image, its content hash and the pre-annotation as a prediction.
@@ -868,12 +894,12 @@ class LabelStudioBackend(Backend):
                 seen: set[str] = set()
                 for task in self._changed_tasks(pid, filters):
                     iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
-                    job = pjobs.get(iid)
-                    if job is None or iid in seen:
+                    pjob = pjobs.get(iid)
+                    if pjob is None or iid in seen:
                         continue  # not this workspace's image (or a duplicate task)
                     seen.add(iid)
-                    size = sizes.get(iid) or (job.extra.get("width"), job.extra.get("height"))
-                    report.outcomes.append(self._outcome(iid, job, task, size, users))
+                    size = sizes.get(iid) or (pjob.extra.get("width"), pjob.extra.get("height"))
+                    report.outcomes.append(self._outcome(iid, pjob, task, size, users))
                     bar.update(1)
                 if since is None:
                     missing = [iid for iid in pjobs if iid not in seen]
@@ -909,7 +935,7 @@ class LabelStudioBackend(Backend):
                 for t in page
             ]
             anns = [a for t in tasks for a in t.get("annotations") or []]
-            if all(isinstance(a, Mapping) and _ANN_KEYS <= a.keys() for a in anns):
+            if all(isinstance(a, Mapping) and a.keys() >= _ANN_KEYS for a in anns):
                 return tasks
             self._pull_include = None
         return [t for page in self._task_pages(pid, fields="all", filters=filters) for t in page]

@@ -58,7 +58,7 @@ def push_jobs(workspace: Path, backend: str, include_all: bool, dry_run: bool, a
         click.echo(f"{backend}: {verb} {len(report.pushed)} task(s), {len(report.already_present)} already present (project {report.project})")
         for p in report.dry_run_files:
             info(f"  wrote {p}")
-        print_failures(report.failures, "image")
+        print_failures(report.failures, "item")
     if report.failures:
         raise SystemExit(1)
 

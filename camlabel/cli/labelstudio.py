@@ -21,11 +21,30 @@ def labelstudio() -> None:
 
 @labelstudio.command()
 @workspace_option
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port on 127.0.0.1 [workspace config labelstudio.port, 8089]; a free one is picked if it is busy.")
-@click.option("--ls-bin", envvar="CAMLABEL_LS_BIN", type=click.Path(path_type=Path), default=None, help="The server's label-studio executable or venv (env CAMLABEL_LS_BIN) [.venv-ls, then PATH].")
-@click.option("--timeout", type=click.FloatRange(min=5), default=120.0, show_default=True, help="Seconds to wait for the server to answer.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port on 127.0.0.1 [workspace config labelstudio.port, 8089]; a free one is picked if it is busy.",
+)
+@click.option(
+    "--ls-bin",
+    envvar="CAMLABEL_LS_BIN",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The server's label-studio executable or venv (env CAMLABEL_LS_BIN) [.venv-ls, then PATH].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=5),
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the server to answer.",
+)
 @json_option
-def start(workspace: Path, port: int | None, ls_bin: Path | None, timeout: float, as_json: bool) -> None:
+def start(
+    workspace: Path, port: int | None, ls_bin: Path | None, timeout: float, as_json: bool
+) -> None:
     """Start the workspace's server (set up on first use; ~45 s the very first time)."""
     from camlabel import labelstudio_server as srv
 
@@ -34,7 +53,14 @@ def start(workspace: Path, port: int | None, ls_bin: Path | None, timeout: float
         info("setting up Label Studio for this workspace (database, admin user, API token)...")
     st, creds, started = srv.start(ws, port=port, ls_bin=ls_bin, timeout=timeout)
     if as_json:
-        echo_json({**st.to_json(), "started": started, "email": creds.email, "secrets": str(srv.secrets_path(ws))})
+        echo_json(
+            {
+                **st.to_json(),
+                "started": started,
+                "email": creds.email,
+                "secrets": str(srv.secrets_path(ws)),
+            }
+        )
         return
     verb = "started" if started else "already running"
     click.echo(f"Label Studio {verb}: {st.url}  (pid {st.pid})")
@@ -46,7 +72,13 @@ def start(workspace: Path, port: int | None, ls_bin: Path | None, timeout: float
 
 @labelstudio.command()
 @workspace_option
-@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL.",
+)
 def stop(workspace: Path, grace: float) -> None:
     """Stop the workspace's server (by its PID, only if that PID is really it)."""
     from camlabel import labelstudio_server as srv

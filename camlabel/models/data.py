@@ -3,7 +3,7 @@
 A dataset is either
 
 - a folder of class subfolders (``DATA/<class>/*.png``; each image is its own patient), or
-- a ``metadata.csv`` with columns ``file`` (relative to the CSV's folder), ``label`` and an
+- a ``metadata.csv`` (or a folder holding one, which then wins over subfolders) with columns ``file`` (relative to the CSV's folder), ``label`` and an
   optional ``patient_id`` (the phantoms' and cxr-sample's format; extra columns ignored).
 
 :func:`grouped_stratified_split` is generic (any labels, any groups) and is also used by the
@@ -85,7 +85,7 @@ def read_dataset(data: str | Path, classes: Sequence[str] | None = None) -> Data
     data = Path(data)
     if data.is_file() and data.suffix.lower() == ".csv":
         root, paths, labels, pids = _read_csv(data)
-    elif data.is_dir() and (data / "metadata.csv").is_file() and not _class_dirs(data):
+    elif data.is_dir() and (data / "metadata.csv").is_file():
         root, paths, labels, pids = _read_csv(data / "metadata.csv")
     elif data.is_dir():
         root, paths, labels, pids = _read_folders(data)
@@ -274,20 +274,27 @@ def make_tf_dataset(
         ok.set_shape(())
         return img, tf.one_hot(label, n_classes), ok
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.filter(lambda x, y, ok: ok).map(lambda x, y, ok: (x, y)).cache()
+    def readable(x: Any, y: Any, ok: Any) -> Any:
+        return ok
+
+    def drop_flag(x: Any, y: Any, ok: Any) -> tuple[Any, Any]:
+        return x, y
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).filter(readable).map(drop_flag).cache()
+    # One pass reads every image (filling the cache) and counts the readable ones, so Keras
+    # knows the epoch length even though unreadable files were dropped.
+    n_ok = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n_ok))
     if training:
         ds = ds.shuffle(max(len(paths), 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if training and augment:
-        aug = augmenter(seed)
-        ds = ds.map(
-            lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    aug = augmenter(seed) if training and augment else None
+
+    def to_float(x: Any, y: Any) -> tuple[Any, Any]:
+        x = tf.cast(x, tf.float32)
+        return (x if aug is None else aug(x, training=True)), y
+
+    return ds.map(to_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def augmenter(seed: int = 0) -> Any:

@@ -14,7 +14,9 @@ from camlabel.records import ImageRecord, Preannotation
 from camlabel.workspace import Workspace
 
 
-def phantom_workspace(root: Path, count: int, *, size: int = 96, seed: int = 7) -> tuple[Workspace, list[ImageRecord]]:
+def phantom_workspace(
+    root: Path, count: int, *, size: int = 96, seed: int = 7
+) -> tuple[Workspace, list[ImageRecord]]:
     """A workspace with ``count`` registered lesion phantoms whose pre-annotations are their truth masks."""
     from camlabel.phantoms import generate_phantoms
 
@@ -29,13 +31,18 @@ def phantom_workspace(root: Path, count: int, *, size: int = 96, seed: int = 7) 
     with ws.ledger.transaction() as txn:
         for row in rows:
             rec = by_source[(ph / row.file).resolve()]
-            polys = mask_to_polygons(read_mask_png(ph / row.lesion_mask), epsilon_px=1.0, max_vertices=24, min_area_px=8)
+            polys = mask_to_polygons(
+                read_mask_png(ph / row.lesion_mask), epsilon_px=1.0, max_vertices=24, min_area_px=8
+            )
             assert polys, f"phantom {row.file} has no lesion"
             # Traced outlines run through pixel corners; after simplification a diagonal edge
             # can pass exactly through a pixel centre, where rasterizers legitimately differ
             # (tie rules). A small off-lattice shift keeps the comparisons free of ties.
             shifted = [
-                {"exterior": [[x + 0.0137, y + 0.0071] for x, y in p.to_json()["exterior"]], "holes": []}
+                {
+                    "exterior": [[x + 0.0137, y + 0.0071] for x, y in p.to_json()["exterior"]],
+                    "holes": [],
+                }
                 for p in polys
             ]
             rec = rec.evolve(
@@ -51,7 +58,9 @@ def phantom_workspace(root: Path, count: int, *, size: int = 96, seed: int = 7) 
     return ws, out
 
 
-def rasterize_centres(polygons_px: Sequence[Sequence[Sequence[float]]], height: int, width: int) -> np.ndarray:
+def rasterize_centres(
+    polygons_px: Sequence[Sequence[Sequence[float]]], height: int, width: int
+) -> np.ndarray:
     """Pixels whose centre lies strictly inside any polygon (shapely; independent of camlabel.geometry)."""
     ys, xs = np.mgrid[0:height, 0:width]
     cx, cy = xs.ravel() + 0.5, ys.ravel() + 0.5
@@ -70,7 +79,15 @@ def px(points_pct: Sequence[Sequence[float]], width: int, height: int) -> list[l
     return [[x * width / 100.0, y * height / 100.0] for x, y in points_pct]
 
 
-def polygon_result(points_px: Sequence[Sequence[float]], width: int, height: int, *, origin: str = "manual", rid: str = "r0", label: str = "Opacity") -> dict:
+def polygon_result(
+    points_px: Sequence[Sequence[float]],
+    width: int,
+    height: int,
+    *,
+    origin: str = "manual",
+    rid: str = "r0",
+    label: str = "Opacity",
+) -> dict:
     return {
         "id": rid,
         "from_name": "lesion",
@@ -80,5 +97,9 @@ def polygon_result(points_px: Sequence[Sequence[float]], width: int, height: int
         "original_width": width,
         "original_height": height,
         "image_rotation": 0,
-        "value": {"points": pct(points_px, width, height), "closed": True, "polygonlabels": [label]},
+        "value": {
+            "points": pct(points_px, width, height),
+            "closed": True,
+            "polygonlabels": [label],
+        },
     }

@@ -27,16 +27,23 @@ from tests.integration.lshelpers import phantom_workspace, polygon_result, px, r
 
 def _project_tasks(server: LSServer, project: str) -> list[dict]:
     ls = server.sdk()
-    return [t.model_dump() for t in ls.tasks.list(project=int(project), fields="all", page_size=1000)]
+    return [
+        t.model_dump() for t in ls.tasks.list(project=int(project), fields="all", page_size=1000)
+    ]
 
 
 def _items(ws: Workspace) -> list[PushItem]:
-    return [loop._push_item(ws, r, "labelstudio") for r in sorted(ws.ledger.all(), key=lambda r: r.image_id)]
+    return [
+        loop._push_item(ws, r, "labelstudio")
+        for r in sorted(ws.ledger.all(), key=lambda r: r.image_id)
+    ]
 
 
 # --------------------------------------------------------------------------- push
 @pytest.mark.server
-def test_push_creates_one_task_per_image_with_the_predictions(ls_server: LSServer, tmp_path: Path) -> None:
+def test_push_creates_one_task_per_image_with_the_predictions(
+    ls_server: LSServer, tmp_path: Path
+) -> None:
     n = 8
     ws, records = phantom_workspace(tmp_path, n)
     opts = ls_server.options()
@@ -55,7 +62,9 @@ def test_push_creates_one_task_per_image_with_the_predictions(ls_server: LSServe
         # Privacy: the task carries the served image and the content hash, nothing else.
         assert set(task["data"]) == {"image", "camlabel_image_id"}
         rel = ws.abs(rec.display_path).resolve().relative_to(ls_server.document_root).as_posix()
-        assert task["data"]["image"] == f"/data/local-files/?d={rel}" and rel.endswith(f"/images/{image_id}.png")
+        assert task["data"]["image"] == f"/data/local-files/?d={rel}" and rel.endswith(
+            f"/images/{image_id}.png"
+        )
         assert rec.jobs["labelstudio"].task == str(task["id"])
         assert rec.jobs["labelstudio"].project == report.project
         (pred,) = task["predictions"]
@@ -67,9 +76,14 @@ def test_push_creates_one_task_per_image_with_the_predictions(ls_server: LSServe
             assert (region["original_width"], region["original_height"]) == (rec.width, rec.height)
             assert region["value"]["polygonlabels"] == ["Opacity"]
             back = np.asarray(px(region["value"]["points"], rec.width, rec.height))
-            np.testing.assert_allclose(back, np.asarray(poly["exterior"], dtype=float), rtol=0, atol=1e-6)
+            np.testing.assert_allclose(
+                back, np.asarray(poly["exterior"], dtype=float), rtol=0, atol=1e-6
+            )
         # The served image is the display PNG itself.
-        resp = httpx.get(ls_server.url + task["data"]["image"], headers={"Authorization": f"Token {ls_server.token}"})
+        resp = httpx.get(
+            ls_server.url + task["data"]["image"],
+            headers={"Authorization": f"Token {ls_server.token}"},
+        )
         assert resp.status_code == 200 and resp.content == ws.abs(rec.display_path).read_bytes()
 
     again = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
@@ -81,14 +95,16 @@ def test_push_creates_one_task_per_image_with_the_predictions(ls_server: LSServe
 @pytest.mark.server
 def test_push_finds_tasks_the_ledger_lost(ls_server: LSServer, tmp_path: Path) -> None:
     """Idempotence does not rely on the ledger: a crash before the ledger commit adds nothing twice."""
-    ws, records = phantom_workspace(tmp_path, 4)
+    ws, _records = phantom_workspace(tmp_path, 4)
     ws.config["labelstudio"]["project_title"] = f"lost-{uuid.uuid4().hex[:8]}"
     be = LabelStudioBackend(ws, **ls_server.options())
     first = be.push(_items(ws), progress=False)  # no on_pushed: the ledger never hears of it
     assert len(first.pushed) == 4
     second = LabelStudioBackend(ws, **ls_server.options()).push(_items(ws), progress=False)
     assert not second.pushed and second.already_present.keys() == first.pushed.keys()
-    assert {k: v.task for k, v in second.already_present.items()} == {k: v.task for k, v in first.pushed.items()}
+    assert {k: v.task for k, v in second.already_present.items()} == {
+        k: v.task for k, v in first.pushed.items()
+    }
     assert len(_project_tasks(ls_server, first.project)) == 4
 
 
@@ -100,7 +116,7 @@ def _disk(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
 
 @pytest.mark.server
 def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_path: Path) -> None:
-    ws, records = phantom_workspace(tmp_path, 7, size=96, seed=11)
+    ws, _records = phantom_workspace(tmp_path, 7, size=96, seed=11)
     ws.config["labelstudio"]["project_title"] = f"pull-{uuid.uuid4().hex[:8]}"
     opts = ls_server.options(cursor_margin_s=0)
     report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
@@ -108,8 +124,12 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
     recs = sorted(ws.ledger.all(), key=lambda r: r.image_id)
     tasks = {t["data"]["camlabel_image_id"]: t for t in _project_tasks(ls_server, report.project)}
     tag = uuid.uuid4().hex[:6]
-    u2 = ls.users.create(username=f"ann2-{tag}", email=f"ann2-{tag}@example.org", password="pw-ann2-" + tag)
-    u3 = ls.users.create(username=f"ann3-{tag}", email=f"ann3-{tag}@example.org", password="pw-ann3-" + tag)
+    u2 = ls.users.create(
+        username=f"ann2-{tag}", email=f"ann2-{tag}@example.org", password="pw-ann2-" + tag
+    )
+    u3 = ls.users.create(
+        username=f"ann3-{tag}", email=f"ann3-{tag}@example.org", password="pw-ann3-" + tag
+    )
     admin = ls.users.whoami()
 
     expected: dict[str, np.ndarray] = {}  # annotation id -> mask
@@ -128,16 +148,26 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
     pts = pred_points(rec_moved)
     pts[0] = [pts[0][0] + 3.3, pts[0][1] + 2.1]
     moved = polygon_result(pts, rec_moved.width, rec_moved.height, origin="prediction-changed")
-    cls = {"id": "c", "from_name": "image_class", "to_name": "image", "type": "choices", "value": {"choices": ["pneumonia"]}}
+    cls = {
+        "id": "c",
+        "from_name": "image_class",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": ["pneumonia"]},
+    }
     aid = create(rec_moved, [moved, cls], lead_time=42.5)
     expected[aid] = rasterize_centres([pts], rec_moved.height, rec_moved.width)
 
     # 2. the prediction accepted unchanged plus a new polygon; and one accepting it unchanged only
     (pred_new,) = tasks[rec_new.image_id]["predictions"]
-    kept = [dict(r, origin="prediction") for r in pred_new["result"] if r["type"] == "polygonlabels"]
+    kept = [
+        dict(r, origin="prediction") for r in pred_new["result"] if r["type"] == "polygonlabels"
+    ]
     pts_pred = [px(r["value"]["points"], rec_new.width, rec_new.height) for r in kept]
     new_poly = [[10.3, 12.7], [40.2, 15.1], [35.6, 44.9], [12.1, 38.4]]
-    aid_new = create(rec_new, [*kept, polygon_result(new_poly, rec_new.width, rec_new.height, rid="n1")])
+    aid_new = create(
+        rec_new, [*kept, polygon_result(new_poly, rec_new.width, rec_new.height, rid="n1")]
+    )
     expected[aid_new] = rasterize_centres([*pts_pred, new_poly], rec_new.height, rec_new.width)
     aid_acc = create(rec_new, kept, completed_by=u2.id, lead_time=3.0)
     expected[aid_acc] = rasterize_centres(pts_pred, rec_new.height, rec_new.width)
@@ -181,7 +211,9 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
     bad = polygon_result([[5, 5], [30, 5], [30, 30]], rec_badsize.width + 7, rec_badsize.height)
     create(rec_badsize, [bad])
 
-    summary = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="majority", progress=False)
+    summary = loop.pull_masks(
+        ws, "labelstudio", options=opts, consensus_rule="majority", progress=False
+    )
     assert summary.tasks == 7
     assert summary.skipped == [rec_skip.image_id]
     assert summary.unannotated == [rec_none.image_id]
@@ -197,9 +229,15 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
         assert ann.status == "submitted"
         got = read_mask_png(ws.abs(ann.raster_path))
         assert got.shape == (rec.height, rec.width)
-        assert np.array_equal(got, mask), f"annotation {aid_}: {int((got ^ mask).sum())} pixel(s) differ"
+        assert np.array_equal(got, mask), (
+            f"annotation {aid_}: {int((got ^ mask).sum())} pixel(s) differ"
+        )
     a_moved = anns[aid][0]
-    assert a_moved.accepted_unchanged is False and a_moved.class_choice == "pneumonia" and a_moved.lead_time_s == 42.5
+    assert (
+        a_moved.accepted_unchanged is False
+        and a_moved.class_choice == "pneumonia"
+        and a_moved.lead_time_s == 42.5
+    )
     assert anns[aid_acc][0].accepted_unchanged is True
     assert anns[aid_new][0].accepted_unchanged is False
     assert anns[aid_brush][0].has_brush is True
@@ -235,17 +273,23 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
     time.sleep(1.1)
     late = [[20.3, 20.6], [60.2, 22.9], [40.7, 60.1]]
     aid_late = create(rec_none, [polygon_result(late, rec_none.width, rec_none.height)])
-    again = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="latest", progress=False)
+    again = loop.pull_masks(
+        ws, "labelstudio", options=opts, consensus_rule="latest", progress=False
+    )
     assert again.tasks == 1 and again.new_annotations == 1 and again.unannotated == []
     rec = ws.ledger.get(rec_none.image_id)
     assert rec is not None and rec.mask is not None
     ann = next(a for a in rec.annotations if a.annotation_id == aid_late)
-    assert np.array_equal(read_mask_png(ws.abs(ann.raster_path)), rasterize_centres([late], rec.height, rec.width))
+    assert np.array_equal(
+        read_mask_png(ws.abs(ann.raster_path)), rasterize_centres([late], rec.height, rec.width)
+    )
 
 
 # --------------------------------------------------------------------------- reliability
 @pytest.mark.server
-def test_push_interrupted_by_a_server_stop_resumes_without_duplicates(ls_server: LSServer, tmp_path: Path) -> None:
+def test_push_interrupted_by_a_server_stop_resumes_without_duplicates(
+    ls_server: LSServer, tmp_path: Path
+) -> None:
     n = 30
     ws, records = phantom_workspace(tmp_path, n, size=64, seed=3)
     ws.config["labelstudio"]["project_title"] = f"interrupt-{uuid.uuid4().hex[:8]}"
@@ -266,13 +310,17 @@ def test_push_interrupted_by_a_server_stop_resumes_without_duplicates(ls_server:
     finally:
         killer.join()
         ls_server.start()  # same data dir and port
-    assert ls_server.url in err.value.message and "camlabel labelstudio start" in (err.value.hint or "")
+    assert ls_server.url in err.value.message and "camlabel labelstudio start" in (
+        err.value.hint or ""
+    )
     assert 0 < len(committed) < n
     project = be.describe()["project"]
     before = {t["data"]["camlabel_image_id"] for t in _project_tasks(ls_server, project)}
     assert set(committed) <= before
 
-    report = loop.push_jobs(ws, "labelstudio", options=ls_server.options(chunk_size=7), progress=False)
+    report = loop.push_jobs(
+        ws, "labelstudio", options=ls_server.options(chunk_size=7), progress=False
+    )
     assert report.project == project
     assert len(report.pushed) + len(report.already_present) == n
     assert before <= set(report.already_present)
@@ -311,7 +359,9 @@ def test_server_down_fails_fast_without_leaking_the_token(tmp_path: Path) -> Non
     assert token not in str(err2.value) and url in str(err2.value)
 
 
-def test_no_server_and_no_url_says_how_to_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_server_and_no_url_says_how_to_start_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CAMLABEL_LS_URL", raising=False)
     ws = Workspace.init(tmp_path / "ws")
     with pytest.raises(BackendUnavailable) as err:
@@ -332,9 +382,45 @@ def test_a_wrong_token_is_refused_and_never_echoed(ls_server: LSServer, tmp_path
 def test_dry_run_calls_nothing_and_writes_the_payload(tmp_path: Path) -> None:
     ws, records = phantom_workspace(tmp_path, 2)
     url = f"http://127.0.0.1:{_closed_port()}"
-    report = loop.push_jobs(ws, "labelstudio", options={"url": url, "token": "x" * 40}, dry_run=True, progress=False)
+    report = loop.push_jobs(
+        ws, "labelstudio", options={"url": url, "token": "x" * 40}, dry_run=True, progress=False
+    )
     (path,) = report.dry_run_files
     payload = json.loads(path.read_text())
     assert len(payload["tasks"]) == 2 and "x" * 40 not in path.read_text()
-    assert {t["data"]["camlabel_image_id"] for t in payload["tasks"]} == {r.image_id for r in records}
+    assert {t["data"]["camlabel_image_id"] for t in payload["tasks"]} == {
+        r.image_id for r in records
+    }
     assert all(not r.jobs for r in ws.ledger.all())
+
+
+@pytest.mark.server
+def test_an_import_whose_answer_is_lost_is_not_sent_twice(
+    ls_server: LSServer, tmp_path: Path
+) -> None:
+    """The server commits a chunk but the response never arrives (read timeout)."""
+    ws, records = phantom_workspace(tmp_path, 6, size=64, seed=9)
+    ws.config["labelstudio"]["project_title"] = f"lost-answer-{uuid.uuid4().hex[:8]}"
+    be = LabelStudioBackend(ws, **ls_server.options(chunk_size=4, backoff=0.05))
+    be.ls  # noqa: B018  (creates the HTTP client)
+    assert be._http is not None
+    real = be._http.request
+    posts: list[str] = []
+
+    def answer_lost(method: str, url: str, **kw):  # type: ignore[no-untyped-def]
+        resp = real(method, url, **kw)
+        if method == "POST" and url.endswith("/import"):
+            posts.append(url)
+            if len(posts) == 1:
+                raise httpx.ReadTimeout("the answer was lost", request=resp.request)
+        return resp
+
+    be._http.request = answer_lost  # type: ignore[method-assign]
+    report = be.push(_items(ws), progress=False)
+    assert len(posts) == 2  # the first chunk was never re-sent; the second went normally
+    tasks = _project_tasks(ls_server, report.project)
+    assert len(tasks) == 6 and {t["data"]["camlabel_image_id"] for t in tasks} == {
+        r.image_id for r in records
+    }
+    by_hash = {t["data"]["camlabel_image_id"]: str(t["id"]) for t in tasks}
+    assert {k: v.task for k, v in report.pushed.items()} == by_hash

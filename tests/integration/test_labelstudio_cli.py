@@ -54,7 +54,9 @@ def test_start_status_stop(ls_template: Path, tmp_path: Path) -> None:
         assert creds["password"] not in res.output
         # The data dir is inside the workspace, and this workspace's token works.
         assert (ws.root / "labelstudio" / "label_studio.sqlite3").exists()
-        who = httpx.get(f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {creds['token']}"})
+        who = httpx.get(
+            f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {creds['token']}"}
+        )
         assert who.status_code == 200 and who.json()["email"] == creds["email"]
 
         # Listening on loopback only (127.0.0.1 is 0100007F in /proc/net/tcp).
@@ -72,7 +74,9 @@ def test_start_status_stop(ls_template: Path, tmp_path: Path) -> None:
 
         res = runner.invoke(cli, ["labelstudio", "stop", "-w", str(ws.root)])
         assert res.exit_code == 0 and "stopped" in res.output
-        assert not Path(f"/proc/{pid}").exists() or not srv.is_server_process(pid, (ws.root / "labelstudio").resolve())
+        assert not Path(f"/proc/{pid}").exists() or not srv.is_server_process(
+            pid, (ws.root / "labelstudio").resolve()
+        )
         assert _listeners(port) == []
         res = runner.invoke(cli, ["labelstudio", "status", "-w", str(ws.root)])
         assert res.exit_code == 0 and "not running" in res.output
@@ -84,14 +88,20 @@ def test_stop_never_signals_a_process_that_is_not_the_server(tmp_path: Path) -> 
     """A stale PID file naming some other process (here: this test) leaves that process alone."""
     ws = Workspace.init(tmp_path / "ws")
     (ws.root / "labelstudio").mkdir()
-    (ws.root / "labelstudio" / "server.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:1"}))
+    (ws.root / "labelstudio" / "server.json").write_text(
+        json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:1"})
+    )
     assert srv.status(ws).running is False
     res = CliRunner().invoke(cli, ["labelstudio", "stop", "-w", str(ws.root)])
     assert res.exit_code == 0 and "not running" in res.output
 
 
-def test_missing_server_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_server_names_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws = Workspace.init(tmp_path / "ws")
-    res = CliRunner().invoke(cli, ["labelstudio", "start", "-w", str(ws.root), "--ls-bin", str(tmp_path / "nope")])
+    res = CliRunner().invoke(
+        cli, ["labelstudio", "start", "-w", str(ws.root), "--ls-bin", str(tmp_path / "nope")]
+    )
     assert res.exit_code == 1
     assert "make ls-server" in res.output and "pip install label-studio==" in res.output

@@ -1,0 +1,268 @@
+"""Benchmark camlabel's Label Studio backend against a real local server.
+
+Measures, on a fresh server started from the cached data-dir template:
+
+1. push: N pre-annotated tasks through ``LabelStudioBackend.push`` (bulk import in chunks,
+   after the idempotence listing), and the baseline of one task per request through the SDK
+   (``ls.projects.import_tasks`` with a single task, on ``--per-task-sample`` tasks,
+   extrapolated to N);
+2. pull: N annotated tasks (created fast by a bulk import of tasks that already carry their
+   ``annotations``: polygons, and a brush stroke on every 10th) read back by
+   ``LabelStudioBackend.pull`` and rasterized to masks at the original resolution; then an
+   incremental pull with nothing new;
+3. the server's resident memory after each phase.
+
+Usage (from the repository root):
+
+    .venv/bin/python benchmarks/labelstudio.py --tasks 10000 --per-task-sample 200
+
+Prints a JSON summary and a Markdown table (for docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from camlabel import labelstudio_server as srv
+from camlabel.backends.base import PushItem
+from camlabel.backends.labelstudio import LabelStudioBackend
+from camlabel.geometry import mask_to_brush_rle, px_to_pct
+from camlabel.records import JobRef, Preannotation
+from camlabel.workspace import Workspace
+
+
+def _polygon(rng: np.random.Generator, w: int, h: int, n: int = 24) -> list[list[float]]:
+    """A blob-like polygon of ``n`` vertices (what a CAM contour simplifies to)."""
+    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    r = rng.uniform(0.08, 0.2) * min(w, h)
+    ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+    rad = r * rng.uniform(0.7, 1.3, n)
+    return np.round(np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 3).tolist()
+
+
+def _items(ws: Workspace, n: int, w: int, h: int, seed: int) -> list[PushItem]:
+    rng = np.random.default_rng(seed)
+    images = ws.dir("images")
+    out = []
+    for i in range(n):
+        image_id = hashlib.sha256(f"bench-{seed}-{i}".encode()).hexdigest()
+        polys = [{"exterior": _polygon(rng, w, h), "holes": []} for _ in range(2)]
+        out.append(
+            PushItem(
+                image_id=image_id,
+                width=w,
+                height=h,
+                display_png=images / f"{image_id}.png",  # local-files: never read at import
+                preannotation=Preannotation(
+                    polygons=tuple(polys), source="gradcam", model_version="bench", score=0.8
+                ),
+                predicted_class="covid",
+                probability=0.9,
+            )
+        )
+    return out
+
+
+def _rss(pid: int) -> float:
+    return (srv.rss_bytes(pid) or 0) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--per-task-sample", type=int, default=200)
+    ap.add_argument("--size", type=int, default=512, help="original image width and height (px)")
+    ap.add_argument("--chunk-size", type=int, default=500)
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the temp folder (server data, workspace)"
+    )
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="camlabel-bench-ls-"))
+    ls_bin = srv.find_ls_bin()
+    creds = srv.Credentials.generate()
+    t0 = time.perf_counter()
+    srv.provision_data_dir(tmp / "data", creds, ls_bin=ls_bin)
+    proc = srv.start_server(tmp / "data", document_root=tmp, ls_bin=ls_bin, timeout=300)
+    results: dict[str, Any] = {
+        "tasks": args.tasks,
+        "size_px": args.size,
+        "chunk_size": args.chunk_size,
+        "label_studio": proc.version,
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU(s), Python {platform.python_version()}",
+        "server_setup_s": round(time.perf_counter() - t0, 1),
+        "rss_idle_mib": round(_rss(proc.pid)),
+    }
+    try:
+        ws = Workspace.init(tmp / "ws")
+        opts = {
+            "url": proc.url,
+            "token": creds.token,
+            "upload": False,
+            "document_root": str(tmp),
+            "chunk_size": args.chunk_size,
+        }
+        w = h = args.size
+
+        # ---------------------------------------------------------------- push (bulk)
+        items = _items(ws, args.tasks, w, h, seed=1)
+        ws.config["labelstudio"]["project_title"] = "bench-push"
+        be = LabelStudioBackend(ws, **opts)
+        t = time.perf_counter()
+        rep = be.push(items, progress=False)
+        push_s = time.perf_counter() - t
+        assert len(rep.pushed) == args.tasks, (len(rep.pushed), rep.failures)
+        t = time.perf_counter()
+        again = LabelStudioBackend(ws, **opts).push(items, progress=False)
+        repush_s = time.perf_counter() - t
+        assert not again.pushed and len(again.already_present) == args.tasks
+        results |= {
+            "push_s": round(push_s, 1),
+            "push_tasks_per_s": round(args.tasks / push_s),
+            "repush_noop_s": round(repush_s, 1),
+            "rss_after_push_mib": round(_rss(proc.pid)),
+        }
+
+        # ---------------------------------------------------------------- push (one per request)
+        sample = _items(ws, args.per_task_sample, w, h, seed=2)
+        ws.config["labelstudio"]["project_title"] = "bench-per-task"
+        be1 = LabelStudioBackend(ws, **opts)
+        pid1 = be1.ensure_project()
+        payloads = [be1.task_payload(it, be1._local_url(it)) for it in sample]
+        t = time.perf_counter()
+        for p in payloads:
+            be1.ls.projects.import_tasks(pid1, request=[p])
+        per_task_s = (time.perf_counter() - t) / len(payloads)
+        results |= {
+            "per_task_request_s": round(per_task_s, 4),
+            "per_task_extrapolated_s": round(per_task_s * args.tasks, 1),
+            "bulk_speedup": round(per_task_s * args.tasks / push_s, 1),
+        }
+
+        # ---------------------------------------------------------------- pull
+        ws.config["labelstudio"]["project_title"] = "bench-pull"
+        bep = LabelStudioBackend(ws, **opts)
+        pidp = bep.ensure_project()
+        rng = np.random.default_rng(3)
+        ys, xs = np.mgrid[0:h, 0:w]
+        stroke = (xs - w * 0.3) ** 2 + (ys - h * 0.6) ** 2 < (0.06 * w) ** 2
+        brush_rle = mask_to_brush_rle(stroke)
+        annotated = _items(ws, args.tasks, w, h, seed=4)
+        tasks = []
+        for i, it in enumerate(annotated):
+            task = bep.task_payload(it, bep._local_url(it))
+            result = []
+            for k in range(2):
+                pts = px_to_pct(np.asarray(_polygon(rng, w, h)), w, h).tolist()
+                result.append(
+                    {
+                        "id": f"a{k}",
+                        "from_name": "lesion",
+                        "to_name": "image",
+                        "type": "polygonlabels",
+                        "origin": "manual",
+                        "original_width": w,
+                        "original_height": h,
+                        "image_rotation": 0,
+                        "value": {"points": pts, "closed": True, "polygonlabels": ["Opacity"]},
+                    }
+                )
+            if i % 10 == 0:
+                result.append(
+                    {
+                        "id": "b",
+                        "from_name": "lesion_brush",
+                        "to_name": "image",
+                        "type": "brushlabels",
+                        "origin": "manual",
+                        "original_width": w,
+                        "original_height": h,
+                        "image_rotation": 0,
+                        "value": {"format": "rle", "rle": brush_rle, "brushlabels": ["Opacity"]},
+                    }
+                )
+            task["annotations"] = [{"result": result, "lead_time": 12.0}]
+            tasks.append((it, task))
+        t = time.perf_counter()
+        ids = {}
+        for start in range(0, len(tasks), args.chunk_size):
+            ids.update(bep._import_chunk(pidp, tasks[start : start + args.chunk_size]))
+        results["annotated_import_s"] = round(time.perf_counter() - t, 1)
+        jobs = {
+            iid: JobRef(
+                backend="labelstudio",
+                project=str(pidp),
+                task=str(tid),
+                extra={"url": proc.url, "width": w, "height": h},
+            )
+            for iid, tid in ids.items()
+        }
+        t = time.perf_counter()
+        pulled = LabelStudioBackend(ws, **opts).pull(jobs, progress=False)
+        pull_s = time.perf_counter() - t
+        n_ann = sum(len(o.annotations) for o in pulled.outcomes)
+        assert n_ann == args.tasks and not pulled.failures, (n_ann, pulled.failures[:3])
+        assert all(
+            r.mask is not None and r.mask.shape == (h, w)
+            for o in pulled.outcomes
+            for r in o.annotations
+        )
+        t = time.perf_counter()
+        inc = LabelStudioBackend(ws, **opts, cursor_margin_s=0).pull(
+            jobs, cursor=pulled.cursor, progress=False
+        )
+        inc_s = time.perf_counter() - t
+        results |= {
+            "pull_s": round(pull_s, 1),
+            "pull_annotations_per_s": round(n_ann / pull_s),
+            "incremental_pull_nothing_new_s": round(inc_s, 1),
+            "incremental_pull_tasks_read": sum(
+                1 for o in inc.outcomes if o.status != "unannotated"
+            ),
+            "rss_after_pull_mib": round(_rss(proc.pid)),
+        }
+    finally:
+        srv.kill_process(proc.pid, tmp / "data", grace=5)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(json.dumps(results, indent=2))
+    print()
+    r = results
+    print("| measure | result |")
+    print("|---|---|")
+    print(
+        f"| push {r['tasks']:,} pre-annotated tasks (bulk, {r['chunk_size']}/request) | {r['push_s']} s ({r['push_tasks_per_s']} tasks/s) |"
+    )
+    print(f"| re-push, all present (idempotence listing only) | {r['repush_noop_s']} s |")
+    print(
+        f"| one task per request through the SDK | {r['per_task_request_s'] * 1000:.0f} ms/task, "
+        f"measured on {args.per_task_sample} tasks; extrapolated to {r['tasks']:,}: {r['per_task_extrapolated_s']} s |"
+    )
+    print(f"| bulk speed-up | {r['bulk_speedup']}x |")
+    print(
+        f"| pull + rasterize {r['tasks']:,} annotations ({r['size_px']}x{r['size_px']} px, 10 % with a brush stroke) | {r['pull_s']} s ({r['pull_annotations_per_s']} annotations/s) |"
+    )
+    print(f"| incremental pull, nothing new | {r['incremental_pull_nothing_new_s']} s |")
+    print(
+        f"| server RSS: idle / after push / after pull | {r['rss_idle_mib']} / {r['rss_after_push_mib']} / {r['rss_after_pull_mib']} MiB |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Label Studio backend conversions that need no server (the server tests are in tests/integration)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from camlabel.backends.base import PushItem
+from camlabel.backends.labelstudio import LabelStudioBackend, _accepted_unchanged, _ts, label_config
+from camlabel.errors import AnnotationError
+from camlabel.geometry import mask_to_brush_rle
+from camlabel.records import Preannotation
+from camlabel.workspace import Workspace
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LabelStudioBackend:
+    ws = Workspace.init(tmp_path / "ws", classes=["covid", "normal"])
+    return LabelStudioBackend(ws, url="http://127.0.0.1:9", token="t" * 40)
+
+
+def test_label_config_has_the_controls_the_backend_reads() -> None:
+    root = ET.fromstring(label_config("Opacity & more", ["covid", 'pne"umonia']))
+    tags = {(el.tag, el.get("name")) for el in root.iter() if el.get("name")}
+    assert {
+        ("Image", "image"),
+        ("PolygonLabels", "lesion"),
+        ("BrushLabels", "lesion_brush"),
+    } <= tags
+    assert ("Choices", "image_class") in tags
+    assert [c.get("value") for c in root.iter("Choice")] == ["covid", 'pne"umonia']
+    labels = {lab.get("value") for lab in root.iter("Label")}
+    assert labels == {"Opacity & more"}
+
+
+def test_prediction_is_percent_of_the_original_size(backend: LabelStudioBackend) -> None:
+    pre = Preannotation(
+        polygons=(
+            {"exterior": [[0, 0], [200, 0], [200, 100]], "holes": [[[1, 1], [2, 1], [2, 2]]]},
+        ),
+        source="gradcam",
+        model_version="m1",
+        score=0.4,
+    )
+    item = PushItem(
+        image_id="a" * 64,
+        width=200,
+        height=100,
+        display_png=backend.workspace.root / "images" / ("a" * 64 + ".png"),
+        preannotation=pre,
+        predicted_class="covid",
+    )
+    task = backend.task_payload(item, "/data/local-files/?d=images/x.png")
+    assert task["data"] == {
+        "image": "/data/local-files/?d=images/x.png",
+        "camlabel_image_id": "a" * 64,
+    }
+    (pred,) = task["predictions"]
+    assert pred["model_version"] == "m1" and pred["score"] == 0.4
+    poly, choice = pred["result"]
+    assert poly["value"]["points"] == [[0.0, 0.0], [100.0, 0.0], [100.0, 100.0]]
+    assert (poly["original_width"], poly["original_height"]) == (200, 100)
+    assert choice["value"] == {"choices": ["covid"]}
+
+
+def _poly(points_pct, w=50, h=40, origin="manual"):
+    return {
+        "from_name": "lesion",
+        "type": "polygonlabels",
+        "origin": origin,
+        "original_width": w,
+        "original_height": h,
+        "value": {"points": points_pct, "polygonlabels": ["Opacity"]},
+    }
+
+
+def test_convert_annotation_unions_polygons_and_brush(backend: LabelStudioBackend) -> None:
+    w, h = 50, 40
+    brush = np.zeros((h, w), bool)
+    brush[30:35, 40:45] = True
+    ann = {
+        "id": 7,
+        "completed_by": 3,
+        "created_at": "2026-01-02T03:04:05.123456Z",
+        "updated_at": "2026-01-02T03:04:06.5Z",
+        "lead_time": 9.5,
+        "result": [
+            _poly([[0, 0], [20, 0], [20, 25], [0, 25]]),  # x 0..10 px, y 0..10 px
+            {
+                "from_name": "lesion_brush",
+                "type": "brushlabels",
+                "original_width": w,
+                "original_height": h,
+                "value": {"format": "rle", "rle": mask_to_brush_rle(brush)},
+            },
+            {"from_name": "image_class", "type": "choices", "value": {"choices": ["normal"]}},
+        ],
+    }
+    res = backend.convert_annotation(ann, "12", w, h)
+    want = brush.copy()
+    want[0:10, 0:10] = True
+    assert res.mask is not None and np.array_equal(res.mask, want)
+    a = res.annotation
+    assert (a.annotation_id, a.annotator, a.status, a.class_choice) == (
+        "7",
+        "3",
+        "submitted",
+        "normal",
+    )
+    assert a.has_brush and a.lead_time_s == 9.5 and a.accepted_unchanged is None
+    assert a.polygons[0]["exterior"] == [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]]
+    assert a.updated_at == "2026-01-02T03:04:06.500000Z"
+
+
+def test_a_skip_is_a_skipped_annotation_without_mask(backend: LabelStudioBackend) -> None:
+    res = backend.convert_annotation({"id": 1, "was_cancelled": True, "result": []}, "3", 10, 10)
+    assert res.mask is None and res.annotation.status == "skipped"
+
+
+def test_an_annotation_of_another_size_is_rejected_with_both_sizes(
+    backend: LabelStudioBackend,
+) -> None:
+    ann = {"id": 5, "result": [_poly([[0, 0], [50, 0], [50, 50]], w=64, h=40)]}
+    with pytest.raises(AnnotationError) as err:
+        backend.convert_annotation(ann, "99", 50, 40)
+    assert (
+        "task 99" in err.value.message
+        and "64x40" in err.value.message
+        and "50x40" in err.value.message
+    )
+
+
+def test_accepted_unchanged_needs_prediction_origin_and_equal_points() -> None:
+    pts = [[10.0, 10.0], [20.0, 10.0], [20.0, 30.0]]
+    pred = {"result": [{"from_name": "lesion", "value": {"points": pts}}]}
+    assert _accepted_unchanged([_poly(pts, origin="prediction")], pred) is True
+    assert _accepted_unchanged([_poly(pts, origin="prediction-changed")], pred) is False
+    moved = [[10.0, 10.0], [20.0, 10.0], [20.0, 30.5]]
+    assert _accepted_unchanged([_poly(moved, origin="prediction")], pred) is False
+    assert _accepted_unchanged([], pred) is False
+    assert _accepted_unchanged([_poly(pts)], None) is None
+
+
+def test_timestamps_are_utc_with_microseconds() -> None:
+    assert _ts("2026-11-26 23:39:39.438838+00:00") == "2026-11-26T23:39:39.438838Z"
+    assert _ts("2026-11-26T23:39:39Z") == "2026-11-26T23:39:39.000000Z"
+    assert _ts(None) == ""
