@@ -1,0 +1,359 @@
+"""``camlabel demo``: the whole loop on synthetic phantoms with the embedded Label Studio.
+
+phantoms -> ensemble classifier -> evaluate -> Grad-CAM pre-annotations -> shortcut audit ->
+Label Studio (embedded, 127.0.0.1) -> simulated annotators (or a person, ``--interactive``) ->
+pull-masks -> FC-DenseNet103 -> predict on held-out phantoms -> HTML report.
+
+Every step is the library call behind the matching CLI command, so the demo exercises the
+same code a user runs. Each step is resumable: re-running the demo skips what is done
+(phantoms on disk, a trained model, heatmaps of the same model, tasks already in the
+project, annotations already made, masks unchanged).
+
+The figures it reports (``WS/reports/summary.json`` and the report's headline):
+
+- Grad-CAM pointing game: share of lesion images whose fused-CAM peak lies inside the true
+  lesion (the phantoms know it);
+- pre-annotation vs final-mask IoU, and the share of pre-annotations accepted unchanged;
+- U-Net lesion Dice on held-out phantoms (the paper's figure is 0.92).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camlabel.workspace import Workspace
+
+DICE_GOAL = 0.92
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes chosen so that the loop runs in minutes on a 2-core CPU (see docs/loop.md)."""
+
+    seed: int = 0
+    n_train: int = 90
+    n_heldout: int = 30
+    phantom_size: int = 192
+    cls_image_size: int = 96
+    cls_epochs: int = 8
+    cls_batch_size: int = 16
+    cls_lr: float = 1e-3
+    seg_image_size: int = 128
+    seg_epochs: int = 30
+    seg_batch_size: int = 8
+    seg_lr: float = 1e-3
+    seg_blocks: tuple[int, ...] = (3, 4, 5)
+    seg_bottleneck: int = 6
+    seg_growth: int = 12
+    seg_first_filters: int = 24
+    skip_rate: float = 0.08
+    double_rate: float = 0.25
+
+
+Log = Callable[[str], None]
+
+
+def _truth_index(metadata_csv: Path) -> dict[str, dict[str, str]]:
+    """Resolved image path -> its metadata row (label, lesion_mask, lung_mask, ...)."""
+    root = metadata_csv.parent
+    out = {}
+    with metadata_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            out[str((root / row["file"]).resolve())] = {
+                k: (str((root / v).resolve()) if k in ("lesion_mask", "lung_mask", "file") else v)
+                for k, v in row.items()
+            }
+    return out
+
+
+def _step(log: Log, name: str) -> float:
+    log(f"\n== {name}")
+    return time.perf_counter()
+
+
+def _done(log: Log, t0: float, what: str = "") -> None:
+    log(f"   done in {time.perf_counter() - t0:.1f} s{(' — ' + what) if what else ''}")
+
+
+def run_demo(
+    workspace: str | Path,
+    *,
+    settings: DemoSettings | None = None,
+    interactive: bool = False,
+    keep_server: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    poll_s: float = 10.0,
+) -> dict[str, Any]:
+    """Run the loop end to end; returns the summary also written to ``reports/summary.json``."""
+    from camlabel import labelstudio_server as lss
+    from camlabel.classify import evaluate_classifier, load_heatmap, run_audit, run_gradcam, train_classifier
+    from camlabel.imaging import read_mask_png
+    from camlabel.loop import pull_masks, push_jobs, workspace_status
+    from camlabel.phantoms import generate_phantoms
+    from camlabel.report import build_report
+    from camlabel.segment import train_segmenter
+
+    s = settings or DemoSettings()
+    t_start = time.perf_counter()
+    ws = Workspace.init(workspace, seed=s.seed, image_size=s.cls_image_size)
+    ws.config["seg_image_size"] = s.seg_image_size
+    ws.save_config()
+    reports = ws.dir("reports")
+    data = ws.root / "data"
+    train_dir, held_dir = data / "train", data / "heldout"
+
+    # 1. phantoms -------------------------------------------------------------------
+    t = _step(log, f"1/9 phantoms: {s.n_train} for the loop, {s.n_heldout} held out")
+    for d, n, seed in ((train_dir, s.n_train, s.seed), (held_dir, s.n_heldout, s.seed + 1000)):
+        if not (d / "metadata.csv").is_file():
+            generate_phantoms(d, count=n, seed=seed, size=s.phantom_size, progress=progress)
+    truth = _truth_index(train_dir / "metadata.csv")
+    held_truth = _truth_index(held_dir / "metadata.csv")
+    _done(log, t)
+
+    # 2. classifier ---------------------------------------------------------------------
+    model = ws.dir("models") / "ensemble.keras"
+    t = _step(log, f"2/9 train the DenseNet121 + EfficientNetB0 + VGG19 ensemble ({s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)")
+    if not model.is_file():
+        train_classifier(
+            train_dir / "metadata.csv",
+            model,
+            classes=ws.classes,
+            image_size=s.cls_image_size,
+            epochs=s.cls_epochs,
+            batch_size=s.cls_batch_size,
+            lr=s.cls_lr,
+            weights="none",
+            seed=s.seed,
+            workspace=ws,
+            progress=progress,
+        )
+    metrics = evaluate_classifier(model, held_dir / "metadata.csv", split="all", out_dir=reports / "classifier", workspace=ws)
+    _done(log, t, f"held-out accuracy {metrics.get('accuracy', float('nan')):.3f}")
+
+    # 3. Grad-CAM ---------------------------------------------------------------------------
+    t = _step(log, "3/9 Grad-CAM heatmaps -> pre-annotation polygons")
+    cam = run_gradcam(ws, model, [train_dir / "metadata.csv"], progress=progress)
+    hits, lesion_imgs = 0, 0
+    by_path = {r.source_path: r for r in ws.ledger.all()}
+    for path, row in truth.items():
+        rec = by_path.get(path)
+        if rec is None or rec.heatmap is None or row["label"] not in ws.lesion_classes:
+            continue
+        lesion = read_mask_png(row["lesion_mask"])
+        if not lesion.any():
+            continue
+        hm = load_heatmap(ws, rec)
+        r, c = np.unravel_index(int(np.argmax(hm)), hm.shape)
+        lesion_imgs += 1
+        hits += bool(lesion[r, c])
+    pointing = hits / lesion_imgs if lesion_imgs else None
+    _done(log, t, f"{cam.preannotated} pre-annotated; pointing game {hits}/{lesion_imgs}")
+
+    # 4. audit -------------------------------------------------------------------------------
+    t = _step(log, "4/9 shortcut audit (CAM energy inside the lungs)")
+    audit = run_audit(model, train_dir / "metadata.csv", lung_masks=train_dir / "lung_masks", out_dir=reports, workspace=ws)
+    _done(log, t)
+
+    # 5. Label Studio -------------------------------------------------------------------
+    t = _step(log, "5/9 start the embedded Label Studio (127.0.0.1)")
+    st, creds, _ = lss.start(ws)
+    log(f"   {st.url}  (login {creds.email}; password in {lss.secrets_path(ws)})")
+    _done(log, t)
+    try:
+        t = _step(log, "6/9 push-jobs: tasks with the Grad-CAM polygons as predictions")
+        pushed = push_jobs(ws, "labelstudio", progress=progress)
+        _done(log, t, f"{len(pushed.pushed)} new task(s), {len(pushed.already_present)} already present, project {pushed.project}")
+
+        # 7. annotators ------------------------------------------------------------------
+        jobs = {r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all() if "labelstudio" in r.jobs}
+        if interactive:
+            t = _step(log, f"7/9 annotate in the browser: {st.url}/projects/{pushed.project}/data  (login {creds.email})")
+            _wait_for_people(ws, jobs, log, poll_s)
+        else:
+            t = _step(log, "7/9 simulated annotators correct the pre-annotations through the Label Studio API")
+            sim = _simulate(ws, jobs, truth, s)
+            _done(log, t, f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} skipped, {sim.accepted_unchanged} accepted unchanged")
+
+        t = _step(log, "8/9 pull-masks -> consensus masks; train the FC-DenseNet103 on them")
+        pulled = pull_masks(ws, "labelstudio", progress=progress)
+        log(f"   {pulled.masks_written} mask(s) written, {len(pulled.skipped)} skipped task(s)")
+    finally:
+        if not keep_server:
+            lss.stop(ws)
+
+    seg = train_segmenter(
+        ws,
+        epochs=s.seg_epochs,
+        batch_size=s.seg_batch_size,
+        lr=s.seg_lr,
+        image_size=s.seg_image_size,
+        min_masks=8,
+        seed=s.seed,
+        patience=max(5, s.seg_epochs // 3),
+        model_overrides={
+            "down_blocks": list(s.seg_blocks),
+            "up_blocks": list(reversed(s.seg_blocks)),
+            "bottleneck_layers": s.seg_bottleneck,
+            "growth_rate": s.seg_growth,
+            "initial_filters": s.seg_first_filters,
+        },
+        progress=progress,
+    )
+    _done(log, t, f"segmenter {seg.model_dir.name}: val Dice {seg.metrics.get('val_dice', float('nan')):.3f}")
+
+    # 9. predict + report ------------------------------------------------------------------
+    t = _step(log, "9/9 predict on held-out phantoms; report")
+    held = _heldout(ws, model, seg.model_dir, held_dir, held_truth, progress)
+    _annotated_vs_predicted(ws, seg.model_dir)
+    st_now = workspace_status(ws)
+    summary = {
+        "settings": asdict(s),
+        "pointing_game_hit_rate": pointing,
+        "pointing_game": {"hits": hits, "lesion_images": lesion_imgs},
+        "preannotation_iou_mean": st_now["effort"]["preannotation_iou_mean"],
+        "accepted_unchanged_share": st_now["effort"]["accepted_unchanged_share"],
+        "annotator_agreement_dice": st_now["masks"]["agreement_dice_mean"],
+        "masks": st_now["masks"]["count"],
+        "classifier_accuracy": metrics.get("accuracy"),
+        "classifier_macro_f1": metrics.get("macro_f1"),
+        "audit": audit.get("overall", {}),
+        "segmenter_val_dice": seg.metrics.get("val_dice"),
+        "heldout_lesion_dice": held["lesion_dice"],
+        "heldout_pipeline_dice": held["pipeline_dice"],
+        "dice_goal": DICE_GOAL,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    (reports / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    ws.record_run("demo", asdict(s), result={k: v for k, v in summary.items() if k != "settings"})
+    path = build_report(ws)
+    _done(log, t)
+    log(f"\nreport: {path}")
+    log(
+        f"pointing game {_f(pointing)} · pre-annotation IoU {_f(summary['preannotation_iou_mean'])} · "
+        f"held-out lesion Dice {_f(held['lesion_dice'])} (goal {DICE_GOAL}) · {summary['seconds']:.0f} s"
+    )
+    return summary
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def _simulate(ws: Workspace, jobs: dict[str, Any], truth: dict[str, dict[str, str]], s: DemoSettings) -> Any:
+    from camlabel.backends.base import get_backend
+    from camlabel.backends.labelstudio_sim import simulate_annotators
+    from camlabel.imaging import read_mask_png
+    from camlabel.loop import preannotation_mask
+
+    recs = {r.image_id: r for r in ws.ledger.all()}
+    masks, labels, pre = {}, {}, {}
+    for image_id in jobs:
+        rec = recs[image_id]
+        row = truth.get(rec.source_path)
+        if row is None:
+            continue
+        masks[image_id] = read_mask_png(row["lesion_mask"])
+        labels[image_id] = row["label"]
+        if rec.preannotation is not None:
+            pre[image_id] = preannotation_mask(rec)
+    backend = get_backend("labelstudio", ws)
+    return simulate_annotators(
+        backend,  # type: ignore[arg-type]
+        jobs,
+        masks,
+        labels=labels,
+        seed=s.seed,
+        skip_rate=s.skip_rate,
+        double_rate=s.double_rate,
+        preannotation_masks=pre,
+    )
+
+
+def _wait_for_people(ws: Workspace, jobs: dict[str, Any], log: Log, poll_s: float) -> None:
+    """Poll Label Studio until every task has an annotation or was skipped."""
+    from camlabel.backends.base import get_backend
+
+    backend = get_backend("labelstudio", ws)
+    total = len(jobs)
+    last = -1
+    while True:
+        report = backend.pull(jobs, cursor=None, progress=False)
+        done = sum(o.status in ("annotated", "skipped") for o in report.outcomes)
+        if done != last:
+            log(f"   {done}/{total} task(s) done")
+            last = done
+        if done >= total:
+            return
+        time.sleep(poll_s)
+
+
+def _heldout(
+    ws: Workspace, classifier: Path, segmenter: Path, held_dir: Path, held_truth: dict[str, dict[str, str]], progress: bool
+) -> dict[str, Any]:
+    """camlabel predict on the held-out phantoms; lesion Dice against the true masks."""
+    from camlabel.geometry import dice
+    from camlabel.imaging import read_image, read_mask_png
+    from camlabel.segment import load_segmenter, predict, segment_probability
+
+    out = ws.dir("reports") / "heldout"
+    result = predict(classifier, segmenter, [held_dir / "images"], out, progress=progress)
+    seg = load_segmenter(segmenter)
+    items, seg_dices, pipe_dices = [], [], []
+    for j in sorted(out.glob("*.json")):
+        rec = json.loads(j.read_text())
+        src = str(Path(rec["input"]).resolve())
+        row = held_truth.get(src)
+        if row is None:
+            continue
+        true = read_mask_png(row["lesion_mask"])
+        is_lesion = row["label"] in ws.lesion_classes and true.any()
+        pm = read_mask_png(rec["mask_path"]) if rec.get("mask_path") else np.zeros_like(true)
+        d_pipe = dice(pm, true) if is_lesion else None
+        d_seg = None
+        if is_lesion:
+            prob = segment_probability(seg, [read_image(src)])[0]
+            d_seg = dice(prob >= seg.threshold, true)
+            seg_dices.append(d_seg)
+            pipe_dices.append(d_pipe)
+        items.append(
+            {
+                "name": Path(src).name,
+                "label": row["label"],
+                "predicted_class": rec.get("predicted_class"),
+                "overlay_path": rec.get("overlay_path"),
+                "dice": d_seg,
+                "pipeline_dice": d_pipe,
+            }
+        )
+    (ws.dir("reports") / "heldout.json").write_text(json.dumps(items, indent=2) + "\n")
+    del result
+    return {
+        "lesion_dice": float(np.mean(seg_dices)) if seg_dices else None,
+        "pipeline_dice": float(np.mean([d for d in pipe_dices if d is not None])) if pipe_dices else None,
+        "n": len(items),
+    }
+
+
+def _annotated_vs_predicted(ws: Workspace, segmenter: Path) -> None:
+    """Segment the annotated images so the report can show mask beside prediction."""
+    from camlabel.imaging import read_image, write_png_atomic
+    from camlabel.segment import load_segmenter, segment_probability
+
+    seg = load_segmenter(segmenter)
+    out = ws.dir("reports") / "predict"
+    recs = [r for r in ws.ledger.all() if r.mask is not None][:12]
+    for r in recs:
+        prob = segment_probability(seg, [read_image(ws.abs(r.display_path))])[0]
+        mpath = out / f"{r.image_id}.png"
+        write_png_atomic(mpath, prob >= seg.threshold)
+        (out / f"{r.image_id}.json").write_text(json.dumps({"image_id": r.image_id, "mask_path": str(mpath)}))
