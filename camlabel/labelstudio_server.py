@@ -396,6 +396,18 @@ def health(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def token_works(url: str, token: str, timeout: float = 10.0) -> bool:
+    """True when the server accepts ``token`` (legacy ``Token`` scheme, as created here)."""
+    req = urllib.request.Request(
+        url.rstrip("/") + "/api/current-user/whoami", headers={"Authorization": f"Token {token}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -668,6 +680,13 @@ def start(
     """
     current = status(ws)
     creds_now = load_credentials(ws)
+    dd = data_dir(ws)
+    if creds_now is None and (dd / READY_MARKER).exists():
+        raise ConfigError(
+            f"{secrets_path(ws)} is missing: the admin login of the server in {dd} is lost",
+            hint=f"stop the server, move {dd} away and start again (a new, empty server; "
+            "re-run push-jobs), or restore the file from a backup",
+        )
     if current.running and creds_now is not None:
         return current, creds_now, False
     if current.pid is not None:
@@ -676,7 +695,6 @@ def start(
             hint=f"stop it first: camlabel labelstudio stop -w {ws.root}",
         )
     binary = find_ls_bin(ls_bin)
-    dd = data_dir(ws)
     creds = creds_now
     if creds is None or not (dd / READY_MARKER).exists():
         if creds is None:
@@ -688,6 +706,13 @@ def start(
     if want <= 0 or want > 65535:
         raise UsageError(f"--port must be in 1..65535. Received: port={want}")
     proc = start_server(dd, document_root=ws.root, port=want, ls_bin=binary, timeout=timeout)
+    if not token_works(proc.url, creds.token):
+        kill_process(proc.pid, dd, grace=5.0)
+        raise BackendError(
+            f"the server in {dd} started but refuses the API token stored in {secrets_path(ws)}",
+            hint=f"the database and the login file do not belong together: move {dd} and that "
+            "file away and start again (a new, empty server), or restore both from a backup",
+        )
     state = {**proc.to_json(), "ls_bin": str(binary), "requested_port": want}
     tmp = _state_path(ws).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")

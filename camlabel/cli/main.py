@@ -68,7 +68,7 @@ def cli(verbose: int, quiet: bool) -> None:
 
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _register() -> None:

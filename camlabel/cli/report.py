@@ -6,7 +6,7 @@ import click
 
 from pathlib import Path
 
-from camlabel.cli.common import not_implemented, open_workspace, workspace_option
+from camlabel.cli.common import open_workspace, show_progress, workspace_option
 
 
 @click.command()
@@ -21,11 +21,27 @@ def report(workspace: Path, out: Path | None) -> None:
     click.echo(f"wrote {path}")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def demo(args: tuple[str, ...]) -> None:
-    """Run the whole loop on phantoms with the embedded Label Studio (not implemented yet)."""
-    not_implemented("demo", 7)
+@click.command()
+@workspace_option
+@click.option("--interactive", is_flag=True, help="Wait for a person to annotate in the browser instead of simulated annotators.")
+@click.option("--keep-server", is_flag=True, help="Leave the embedded Label Studio running afterwards (stop: camlabel labelstudio stop).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the phantoms, splits and simulated annotators.")
+@click.option("--quick", is_flag=True, help="A much smaller run (for smoke tests): fewer images and epochs.")
+def demo(workspace: Path, interactive: bool, keep_server: bool, seed: int, quick: bool) -> None:
+    """Run the whole loop on phantoms with the embedded Label Studio.
+
+    phantoms -> ensemble -> Grad-CAM pre-annotations -> audit -> Label Studio -> simulated
+    annotators (or you, with --interactive) -> pull-masks -> FC-DenseNet103 -> predict -> report.
+    """
+    from camlabel.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(seed=seed)
+    if quick:
+        settings = DemoSettings(
+            seed=seed, n_train=24, n_heldout=9, phantom_size=128, cls_image_size=64, cls_epochs=1,
+            seg_image_size=64, seg_epochs=2, seg_blocks=(2, 2), seg_bottleneck=2, seg_growth=6, seg_first_filters=8,
+        )
+    run_demo(workspace, settings=settings, interactive=interactive, keep_server=keep_server or interactive, progress=show_progress(), log=lambda m: click.echo(m, err=True))
 
 
 COMMANDS = [report, demo]

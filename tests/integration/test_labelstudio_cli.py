@@ -80,6 +80,11 @@ def test_start_status_stop(ls_template: Path, tmp_path: Path) -> None:
         assert _listeners(port) == []
         res = runner.invoke(cli, ["labelstudio", "status", "-w", str(ws.root)])
         assert res.exit_code == 0 and "not running" in res.output
+
+        # A lost login file is reported, not papered over with a login the database lacks.
+        secrets_file.unlink()
+        res = runner.invoke(cli, ["labelstudio", "start", "-w", str(ws.root)])
+        assert res.exit_code == 1 and "admin login" in res.output and "is lost" in res.output
     finally:
         srv.stop(ws, grace=3)
 

@@ -129,7 +129,7 @@ def test_default_target_is_the_predicted_class_and_batches_are_independent(ensem
     np.testing.assert_array_equal(whole.targets, whole.probabilities.argmax(axis=1))
     one_by_one = cam(images, batch_size=1)
     np.testing.assert_allclose(whole.heatmaps, one_by_one.heatmaps, atol=1e-5)
-    direct = np.asarray(ensemble.predict_on_batch(images))
+    direct = np.asarray(ensemble(images, training=False))
     np.testing.assert_allclose(whole.probabilities, direct, atol=1e-5)
 
 
