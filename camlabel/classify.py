@@ -1000,8 +1000,9 @@ def _summarize(rows: Sequence[Mapping[str, Any]], outside_threshold: float) -> d
         vals = [r[key] for r in rows if r.get(key) is not None]
         return round(float(np.median(vals)), 4) if vals else None
 
-    with_mask = [r for r in rows if r.get("lung_energy_share") is not None]
-    flagged = sum(1 for r in with_mask if r["flagged"])
+    with_mask = [r for r in rows if r.get("lung_mask") is not None]
+    scored = [r for r in with_mask if r.get("lung_energy_share") is not None]
+    flagged = sum(1 for r in scored if r["flagged"])
     return {
         "n_images": len(rows),
         "with_lung_mask": len(with_mask),
@@ -1012,7 +1013,8 @@ def _summarize(rows: Sequence[Mapping[str, Any]], outside_threshold: float) -> d
         "mean_border_energy": mean("border_energy_share"),
         "median_border_energy": median("border_energy_share"),
         "flagged": flagged,
-        "flagged_share": round(flagged / len(with_mask), 4) if with_mask else None,
+        "flagged_share": round(flagged / len(scored), 4) if scored else None,
+        "no_cam_energy": sum(1 for r in rows if r.get("border_energy_share") is None),
     }
 
 

@@ -1,0 +1,202 @@
+"""train-cls / evaluate / gradcam / audit through the CLI (click's CliRunner), asserting on files
+and ledger state. One tiny phantom set and one 64 px model per module.
+
+The models here are one-backbone ensembles (EfficientNetB0): every command loads its model
+from disk, and the three-backbone graph costs ~10 s per load on two cores. The full ensemble's
+CAM and training step are covered in test_cam.py and test_ensemble.py; the code path is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+keras = pytest.importorskip("keras")
+
+from camlabel.cli.main import cli  # noqa: E402
+from camlabel.workspace import Workspace  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from camlabel.phantoms import generate_phantoms
+
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_phantoms(out, count=9, seed=3, size=96)
+    return out
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory, phantoms: Path) -> Path:
+    path = tmp_path_factory.mktemp("broken") / "truncated.png"
+    src = next((phantoms / "images" / "covid").glob("*.png")).read_bytes()
+    path.write_bytes(src[: len(src) // 3])
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from camlabel.models.ensemble import build_ensemble
+
+    keras.utils.set_random_seed(11)
+    path = tmp_path_factory.mktemp("model") / "cls.keras"
+    build_ensemble(image_size=64, backbones=("efficientnetb0",)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return Workspace.init(tmp_path_factory.mktemp("ws") / "ws")
+
+
+def _json(result) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    return json.loads(result.stdout)
+
+
+def test_gradcam_writes_heatmaps_records_and_resumes(phantoms: Path, broken: Path, model_path: Path, workspace: Workspace) -> None:
+    from camlabel.classify import load_classifier
+
+    version = load_classifier(model_path).model_version
+    ws_arg = ["-w", str(workspace.root)]
+    args = ["gradcam", str(model_path), str(phantoms / "metadata.csv"), str(broken), *ws_arg, "--batch-size", "4", "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 1, first.output  # a failed image fails the command, after the others
+    assert "truncated.png" in first.stderr
+    s = _json(first)
+    assert (s["inputs"], s["registered"], s["processed"], s["skipped"]) == (10, 9, 9, 0)
+    assert len(s["failures"]) == 1 and "truncated.png" in s["failures"][0][0]
+
+    records = workspace.ledger.all()
+    assert len(records) == 9
+    lesion = set(workspace.lesion_classes)
+    for rec in records:
+        assert rec.label in ("covid", "pneumonia", "normal") and rec.patient_id  # from metadata.csv
+        assert rec.prediction is not None and rec.prediction.model_version == version
+        assert rec.prediction.probability == pytest.approx(max(rec.prediction.probabilities.values()))
+        hm = rec.heatmap
+        assert hm is not None and (hm.method, hm.model_version, hm.fusion) == ("gradcam", version, "normalize-mean")
+        assert hm.target_class == rec.prediction.predicted_class
+        grid = np.load(workspace.abs(hm.path))
+        assert grid.dtype == np.float16 and grid.shape == (64, 64) and 0 <= grid.min() and grid.max() <= 1
+        import cv2
+
+        overlay = cv2.imread(str(workspace.abs(hm.overlay_path)))
+        assert overlay.shape == (rec.height, rec.width, 3)
+        pre = rec.preannotation
+        assert (pre is not None) == (rec.prediction.predicted_class in lesion)  # lesion classes only
+        if pre is not None:
+            assert (pre.source, pre.model_version, pre.threshold) == ("gradcam", version, 0.5)
+            assert pre.score == rec.prediction.probability
+            for poly in pre.polygons:
+                ext = np.asarray(poly["exterior"])
+                assert ext[:, 0].min() >= 0 and ext[:, 0].max() <= rec.width
+                assert ext[:, 1].min() >= 0 and ext[:, 1].max() <= rec.height
+
+    again = CliRunner().invoke(cli, ["gradcam", str(model_path), str(phantoms / "images"), *ws_arg, "--json"])
+    assert again.exit_code == 0, again.output
+    s = _json(again)
+    assert (s["processed"], s["skipped"]) == (0, 9)
+    assert [r.to_json() for r in workspace.ledger.all()] == [r.to_json() for r in records]  # untouched
+
+    pp = CliRunner().invoke(cli, ["gradcam", str(model_path), str(phantoms / "images"), *ws_arg, "--method", "gradcampp", "--all", "--json"])
+    assert pp.exit_code == 0, pp.output
+    s = _json(pp)
+    assert (s["processed"], s["skipped"], s["preannotated"]) == (9, 0, 9)
+    after = workspace.ledger.all()
+    assert all(r.state == "preannotated" and r.preannotation.source == "gradcampp" for r in after)  # type: ignore[union-attr]
+    assert sum(1 for run in workspace.ledger.runs("gradcam")) == 3
+
+
+def test_stored_heatmap_maps_back_to_the_polygons(workspace: Workspace) -> None:
+    from camlabel.classify import cam_settings, load_heatmap
+    from camlabel.geometry import PolygonPx, iou, polygons_to_mask, threshold_heatmap
+
+    recs = [r for r in workspace.ledger.all() if r.preannotation and r.preannotation.polygons]
+    if not recs:
+        pytest.skip("needs test_gradcam_writes_heatmaps_records_and_resumes to have run first")
+    settings = cam_settings(workspace)
+    for rec in recs:
+        heat = load_heatmap(workspace, rec)
+        assert heat.shape == (rec.height, rec.width)
+        polys = [PolygonPx.from_json(p) for p in rec.preannotation.polygons]  # type: ignore[union-attr]
+        drawn = polygons_to_mask(polys, rec.height, rec.width)
+        # float16 storage and polygon simplification (epsilon 1.5 px) are the only differences
+        assert iou(drawn, threshold_heatmap(heat, threshold=settings["threshold"])) > 0.85
+
+
+def test_gradcam_rejects_unknown_target(phantoms: Path, model_path: Path, workspace: Workspace) -> None:
+    r = CliRunner().invoke(cli, ["gradcam", str(model_path), str(phantoms / "images"), "-w", str(workspace.root), "--target", "flu"])
+    assert r.exit_code == 2 and "--target must be one of the model's classes" in r.stderr
+
+
+def test_train_cls_imagenet_offline_fails_clearly(phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    out = tmp_path / "m.keras"
+    r = CliRunner().invoke(cli, ["train-cls", str(phantoms), "--out", str(out), "--weights", "imagenet", "--image-size", "32", "--epochs", "1", "--backbones", "vgg19"])
+    assert r.exit_code == 1
+    assert "could not download the ImageNet weights of vgg19" in r.stderr
+    assert "hint:" in r.stderr and "--weights PATH" in r.stderr
+    assert not out.exists()
+
+
+def test_train_evaluate_audit(phantoms: Path, tmp_path: Path, model_path: Path, workspace: Workspace) -> None:
+    out = tmp_path / "models" / "cls.keras"
+    ws_arg = ["-w", str(workspace.root)]
+    r = CliRunner().invoke(
+        cli,
+        ["train-cls", str(phantoms / "metadata.csv"), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+         "--image-size", "32", "--backbones", "efficientnetb0", "--eager", "--seed", "3", "--json", *ws_arg],
+    )
+    assert r.exit_code == 0, r.output
+    s = _json(r)
+    assert s["epochs_run"] == 1 and s["classes"] == ["covid", "pneumonia", "normal"]
+    split = s["split"]
+    assert split["n_train"] + split["n_val"] == 9 and split["grouped_by"] == "patient_id"
+    assert out.is_file() and (tmp_path / "models" / "cls.keras.json").is_file()
+    assert (tmp_path / "models" / "cls.curves.png").is_file()
+    csv_lines = (tmp_path / "models" / "cls.curves.csv").read_text().splitlines()
+    assert csv_lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy" and len(csv_lines) == 2
+    side = json.loads((tmp_path / "models" / "cls.keras.json").read_text())
+    assert side["model_version"] == s["model_version"] and side["seed"] == 3
+    assert workspace.ledger.runs("train-cls")[-1]["model_version"] == s["model_version"]
+
+    ev = CliRunner().invoke(cli, ["evaluate", str(out), str(phantoms / "metadata.csv"), "--json", *ws_arg])
+    assert ev.exit_code == 0, ev.output
+    m = _json(ev)
+    assert m["split"] == "val" and m["n"] == split["n_val"]  # auto: the training data -> its validation split
+    assert set(m) >= {"accuracy", "macro_f1", "macro_auc", "per_class", "confusion_matrix", "model_version"}
+    assert sum(map(sum, m["confusion_matrix"]["matrix"])) == m["n"]
+    report_dir = workspace.root / "reports" / "classifier"
+    for name in ("metrics.json", "confusion_matrix.png", "curves.png"):
+        assert (report_dir / name).is_file(), name
+
+    # (a 32 px model has 1x1 conv maps, i.e. flat CAMs: audit the 64 px one)
+    au = CliRunner().invoke(
+        cli, ["audit", str(model_path), str(phantoms / "metadata.csv"), "--lung-masks", str(phantoms / "lung_masks"), "--json", "--worst", "4", *ws_arg]
+    )
+    assert au.exit_code == 0, au.output
+    a = _json(au)
+    o = a["overall"]
+    assert o["n_images"] == 9 and o["with_lung_mask"] == 9 and a["model_version"] != s["model_version"]
+    assert 0 <= o["mean_lung_energy"] <= 1 and 0 <= o["mean_border_energy"] <= 1
+    assert set(a["by_label"]) == {"covid", "pneumonia", "normal"}
+    for row in a["images"]:
+        assert row["lung_energy_share"] is not None and row["flagged"] == (row["lung_energy_share"] < 0.5)
+        assert row["lung_mask"].endswith(row["file"].split("/", 1)[1])  # images/<c>/<id> <-> lung_masks/<c>/<id>
+    assert (workspace.root / "reports" / "audit.json").is_file() and (workspace.root / "reports" / "audit_worst.png").is_file()
+
+
+def test_audit_shares_on_a_known_map() -> None:
+    from camlabel.classify import border_band
+
+    band = border_band(100, 50, 0.1)
+    assert band[:10].all() and band[90:].all() and band[:, :5].all() and band[:, 45:].all()
+    assert not band[10:90, 5:45].any()
+    assert band.mean() == pytest.approx(1 - 0.8 * 0.8)
