@@ -591,7 +591,7 @@ def resolve_inputs(inputs: Sequence[str | Path], classes: Sequence[str] = ()) ->
     for item in inputs:
         p = Path(item)
         if p.is_file() and p.suffix.lower() == ".csv":
-            ds = read_dataset(p, classes or None) if classes else read_dataset(p)
+            ds = read_dataset(p)  # any labels: they are recorded, not predicted
             for i, path in enumerate(ds.paths):
                 key = str(path)
                 if path.resolve() in seen:
@@ -627,17 +627,22 @@ def cam_settings(ws: Workspace | None = None, **overrides: Any) -> dict[str, Any
     base = dict(default_config()["cam"])
     if ws is not None:
         base.update(ws.config.get("cam", {}))
-    out = {}
-    for key, value in base.items():
-        v = env_setting(f"cam_{key}", overrides.get(key), value)
-        out[key] = v
-    for key in ("min_area_fraction", "epsilon_px"):
-        out[key] = float(out[key])
-    out["max_vertices"] = (
-        None if out["max_vertices"] in (None, "", "none") else int(out["max_vertices"])
-    )
-    thr = out["threshold"]
-    out["threshold"] = thr if thr == "otsu" else float(thr)
+    from camlabel.errors import ConfigError
+
+    out = {key: env_setting(f"cam_{key}", overrides.get(key), value) for key, value in base.items()}
+    try:
+        for key in ("min_area_fraction", "epsilon_px"):
+            out[key] = float(out[key])
+        mv = out["max_vertices"]
+        out["max_vertices"] = None if mv in (None, "", "none") else int(mv)
+        thr = out["threshold"]
+        out["threshold"] = thr if thr == "otsu" else float(thr)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"invalid CAM setting ({exc}). Received: {out}",
+            hint="threshold: a fraction in (0, 1] or 'otsu'; min_area_fraction, epsilon_px: "
+            "numbers; max_vertices: an integer or null (camlabel.json 'cam', or CAMLABEL_CAM_*)",
+        ) from exc
     return out
 
 

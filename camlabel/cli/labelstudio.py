@@ -65,8 +65,9 @@ def start(
     verb = "started" if started else "already running"
     click.echo(f"Label Studio {verb}: {st.url}  (pid {st.pid})")
     click.echo(f"  login: {creds.email}; password and API token in {srv.secrets_path(ws)}")
-    if port is not None and st.port != port:
-        click.echo(f"  port {port} was busy; using {st.port}")
+    wanted = port if port is not None else ws.config.get("labelstudio", {}).get("port")
+    if started and wanted and st.port != int(wanted):
+        click.echo(f"  port {wanted} was busy; using {st.port}")
     info(f"  log: {st.log_path}")
 
 

@@ -457,3 +457,28 @@ def parse_class_weights(
     if bad:
         raise ModelError(f"class weights must be >= 0. Received: {bad}")
     return {i: float(spec[c]) for i, c in enumerate(classes)}
+
+
+def _register_small_backbones() -> None:
+    """The ``-s`` variants of camlabel.models.small_backbones (one registry line each)."""
+    from camlabel.models import small_backbones as sb
+
+    for name, app, cam in (
+        ("densenet-s", sb.densenet_small, "relu"),
+        ("efficientnet-s", sb.efficientnet_small, "top_activation"),
+        ("vgg-s", sb.vgg_small, "vggs_block3_conv2"),
+    ):
+        base = BACKBONES[{"d": "densenet121", "e": "efficientnetb0", "v": "vgg19"}[name[0]]]
+        BACKBONES[name] = BackboneSpec(
+            application=app,
+            cam_layer=cam,
+            preprocess=base.preprocess,
+            preprocess_imagenet=base.preprocess_imagenet,
+            imagenet_file="",
+            imagenet_url="",
+            imagenet_md5="",
+        )
+
+
+_register_small_backbones()
+

@@ -424,3 +424,28 @@ def test_an_import_whose_answer_is_lost_is_not_sent_twice(
     }
     by_hash = {t["data"]["camlabel_image_id"]: str(t["id"]) for t in tasks}
     assert {k: v.task for k, v in report.pushed.items()} == by_hash
+
+
+@pytest.mark.server
+def test_upload_mode_for_a_remote_server(ls_server: LSServer, tmp_path: Path) -> None:
+    """--upload: the display PNGs go through the import API; tasks point at the uploads."""
+    ws, _ = phantom_workspace(tmp_path, 3, size=64, seed=21)
+    ws.config["labelstudio"]["project_title"] = f"upload-{uuid.uuid4().hex[:8]}"
+    opts = {"url": ls_server.url, "token": ls_server.token, "upload": True}
+    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    assert len(report.pushed) == 3 and report.details["images"] == "upload"
+    tasks = _project_tasks(ls_server, report.project)
+    assert len(tasks) == 3
+    ledger = {r.image_id: r for r in ws.ledger.all()}
+    for task in tasks:
+        image_id = task["data"]["camlabel_image_id"]
+        url = task["data"]["image"]
+        assert url.startswith(f"/data/upload/{report.project}/") and url.endswith(
+            f"-{image_id}.png"
+        )
+        resp = httpx.get(ls_server.url + url, headers={"Authorization": f"Token {ls_server.token}"})
+        assert resp.status_code == 200
+        assert resp.content == ws.abs(ledger[image_id].display_path).read_bytes()
+    again = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    assert not again.pushed and len(again.already_present) == 3
+    assert len(_project_tasks(ls_server, report.project)) == 3

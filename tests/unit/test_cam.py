@@ -72,7 +72,11 @@ def _assert_close(mine: np.ndarray, ref: np.ndarray) -> None:
     np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-4 * scale)
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["densenet121-relu", "efficientnetb0-top_activation", "vgg19-block5_conv4"])
+@pytest.mark.parametrize(
+    "index",
+    [0, 1, 2],
+    ids=["densenet121-relu", "efficientnetb0-top_activation", "vgg19-block5_conv4"],
+)
 def test_gradcam_equals_tf_keras_vis_per_backbone(ensemble, images, gradcam_result, index) -> None:  # type: ignore[no-untyped-def]
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.utils.scores import CategoricalScore
@@ -90,7 +94,9 @@ def test_gradcam_equals_tf_keras_vis_per_backbone(ensemble, images, gradcam_resu
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["densenet121", "efficientnetb0", "vgg19"])
-def test_gradcampp_equals_tf_keras_vis_per_backbone(ensemble, images, gradcampp_result, index) -> None:  # type: ignore[no-untyped-def]
+def test_gradcampp_equals_tf_keras_vis_per_backbone(
+    ensemble, images, gradcampp_result, index
+) -> None:  # type: ignore[no-untyped-def]
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.utils.scores import CategoricalScore
 
@@ -118,12 +124,17 @@ def test_fused_heatmap_is_normalized_upsampled_mean(ensemble, gradcam_result) ->
     # Recompute the fusion from the per-layer maps with TF's half-pixel bilinear resize.
     import tensorflow as tf
 
-    ups = [tf.image.resize(m[..., None], (SIZE, SIZE), method="bilinear").numpy()[..., 0] for m in res.layer_maps]
+    ups = [
+        tf.image.resize(m[..., None], (SIZE, SIZE), method="bilinear").numpy()[..., 0]
+        for m in res.layer_maps
+    ]
     expected = np.asarray(fuse_maps(ups, "normalize-mean"))
     np.testing.assert_allclose(res.heatmaps, expected, atol=1e-5)
 
 
-def test_default_target_is_the_predicted_class_and_batches_are_independent(ensemble, gradcam, images) -> None:  # type: ignore[no-untyped-def]
+def test_default_target_is_the_predicted_class_and_batches_are_independent(
+    ensemble, gradcam, images
+) -> None:  # type: ignore[no-untyped-def]
     cam = gradcam
     whole = cam(images)
     np.testing.assert_array_equal(whole.targets, whole.probabilities.argmax(axis=1))
@@ -139,9 +150,13 @@ def test_fusions() -> None:
     b = np.zeros((1, 4, 4), np.float32)
     b[0, 3, 3] = 10.0
     mean = np.asarray(fuse_maps([a, b], "normalize-mean"))
-    assert mean[0, 0, 0] == pytest.approx(1.0, abs=1e-6) and mean[0, 3, 3] == pytest.approx(1.0, abs=1e-6)
+    assert mean[0, 0, 0] == pytest.approx(1.0, abs=1e-6) and mean[0, 3, 3] == pytest.approx(
+        1.0, abs=1e-6
+    )
     raw = np.asarray(fuse_maps([a, b], "sum"))
-    assert raw[0, 3, 3] == pytest.approx(1.0, abs=1e-6) and raw[0, 0, 0] == pytest.approx(0.2, abs=1e-6)
+    assert raw[0, 3, 3] == pytest.approx(1.0, abs=1e-6) and raw[0, 0, 0] == pytest.approx(
+        0.2, abs=1e-6
+    )
     with pytest.raises(ModelError, match="supported fusions"):
         fuse_maps([a], "max")
 
@@ -186,7 +201,9 @@ def test_handcrafted_region_model_gives_cam_inside_that_region() -> None:
     inp = keras.Input((SIZE, SIZE, 3))
     x = layers.AveragePooling2D(4)(inp)
     x = layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", activation="relu")(x)
-    feats = layers.Concatenate(name="cam_conv")([_RegionMask(region_a)(x), _RegionMask(region_b)(x)])
+    feats = layers.Concatenate(name="cam_conv")(
+        [_RegionMask(region_a)(x), _RegionMask(region_b)(x)]
+    )
     pooled = layers.GlobalAveragePooling2D()(feats)
     logits = layers.Dense(2, use_bias=False, name="logits")(pooled)
     probs = layers.Activation("softmax")(logits)
@@ -198,8 +215,12 @@ def test_handcrafted_region_model_gives_cam_inside_that_region() -> None:
     cam = GradCAM(model, ["cam_conv"])
     for target, region in ((0, region_a), (1, region_b)):
         res = cam(imgs, targets=target)
-        inside = cv2.resize(region.astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_NEAREST).astype(bool)
-        near = cv2.dilate(inside.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)  # bilinear spill
+        inside = cv2.resize(
+            region.astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_NEAREST
+        ).astype(bool)
+        near = cv2.dilate(inside.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(
+            bool
+        )  # bilinear spill
         for h in res.heatmaps:
             peak = np.unravel_index(np.argmax(h), h.shape)
             assert inside[peak]
@@ -242,7 +263,9 @@ def test_briefly_trained_cnn_puts_the_cam_peak_inside_the_true_lesion() -> None:
     h = layers.GlobalAveragePooling2D()(h)
     logits = layers.Dense(3, name="logits")(h)
     model = keras.Model(inp, layers.Activation("softmax")(logits))
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     n_train = 180
     model.fit(x_all[:n_train], y_all[:n_train], epochs=25, batch_size=16, verbose=0)
 
@@ -281,15 +304,26 @@ def test_polygons_map_back_to_original_pixels_exactly(shape: tuple[int, int]) ->
     gy, gx = np.mgrid[0:size, 0:size] + 0.5
     img_xy = box.model_to_image_xy(np.stack([gx, gy], axis=-1))
     dist = np.hypot(img_xy[..., 0] - cx, img_xy[..., 1] - cy)
-    grid = np.clip(1.0 - dist / (2 * radius), 0, 1).astype(np.float32)  # 0.5 exactly at the disc edge
+    grid = np.clip(1.0 - dist / (2 * radius), 0, 1).astype(
+        np.float32
+    )  # 0.5 exactly at the disc edge
     heat = box.heatmap_to_image(grid)
     assert heat.shape == (h, w)
-    settings = cam_settings(None, threshold=0.5, epsilon_px=0.0, max_vertices=None, min_area_fraction=0.0)
-    pre = preannotation_from_map(heat, settings=settings, source="gradcam", model_version="v", score=0.9)
+    settings = cam_settings(
+        None, threshold=0.5, epsilon_px=0.0, max_vertices=None, min_area_fraction=0.0
+    )
+    pre = preannotation_from_map(
+        heat, settings=settings, source="gradcam", model_version="v", score=0.9
+    )
     assert len(pre.polygons) == 1
     poly = PolygonPx.from_json(pre.polygons[0])
     ext = poly.exterior
-    assert ext[:, 0].min() >= 0 and ext[:, 0].max() <= w and ext[:, 1].min() >= 0 and ext[:, 1].max() <= h
+    assert (
+        ext[:, 0].min() >= 0
+        and ext[:, 0].max() <= w
+        and ext[:, 1].min() >= 0
+        and ext[:, 1].max() <= h
+    )
     mask = polygons_to_mask([poly], h, w)
     yy, xx = np.mgrid[0:h, 0:w] + 0.5
     truth = np.hypot(xx - cx, yy - cy) <= radius
@@ -327,7 +361,9 @@ def test_jax_backend_gives_the_same_heatmaps(images, tmp_path: Path) -> None:  #
         "print(json.dumps({'tf_loaded': 'tensorflow' in sys.modules}))\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"tf_loaded": False}
     np.testing.assert_allclose(np.load(tmp_path / "pp.npy"), expected, atol=1e-4)

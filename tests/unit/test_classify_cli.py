@@ -57,12 +57,23 @@ def _json(result) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return json.loads(result.stdout)
 
 
-def test_gradcam_writes_heatmaps_records_and_resumes(phantoms: Path, broken: Path, model_path: Path, workspace: Workspace) -> None:
+def test_gradcam_writes_heatmaps_records_and_resumes(
+    phantoms: Path, broken: Path, model_path: Path, workspace: Workspace
+) -> None:
     from camlabel.classify import load_classifier
 
     version = load_classifier(model_path).model_version
     ws_arg = ["-w", str(workspace.root)]
-    args = ["gradcam", str(model_path), str(phantoms / "metadata.csv"), str(broken), *ws_arg, "--batch-size", "4", "--json"]
+    args = [
+        "gradcam",
+        str(model_path),
+        str(phantoms / "metadata.csv"),
+        str(broken),
+        *ws_arg,
+        "--batch-size",
+        "4",
+        "--json",
+    ]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 1, first.output  # a failed image fails the command, after the others
     assert "truncated.png" in first.stderr
@@ -76,18 +87,31 @@ def test_gradcam_writes_heatmaps_records_and_resumes(phantoms: Path, broken: Pat
     for rec in records:
         assert rec.label in ("covid", "pneumonia", "normal") and rec.patient_id  # from metadata.csv
         assert rec.prediction is not None and rec.prediction.model_version == version
-        assert rec.prediction.probability == pytest.approx(max(rec.prediction.probabilities.values()))
+        assert rec.prediction.probability == pytest.approx(
+            max(rec.prediction.probabilities.values())
+        )
         hm = rec.heatmap
-        assert hm is not None and (hm.method, hm.model_version, hm.fusion) == ("gradcam", version, "normalize-mean")
+        assert hm is not None and (hm.method, hm.model_version, hm.fusion) == (
+            "gradcam",
+            version,
+            "normalize-mean",
+        )
         assert hm.target_class == rec.prediction.predicted_class
         grid = np.load(workspace.abs(hm.path))
-        assert grid.dtype == np.float16 and grid.shape == (64, 64) and 0 <= grid.min() and grid.max() <= 1
+        assert (
+            grid.dtype == np.float16
+            and grid.shape == (64, 64)
+            and grid.min() >= 0
+            and grid.max() <= 1
+        )
         import cv2
 
         overlay = cv2.imread(str(workspace.abs(hm.overlay_path)))
         assert overlay.shape == (rec.height, rec.width, 3)
         pre = rec.preannotation
-        assert (pre is not None) == (rec.prediction.predicted_class in lesion)  # lesion classes only
+        assert (pre is not None) == (
+            rec.prediction.predicted_class in lesion
+        )  # lesion classes only
         if pre is not None:
             assert (pre.source, pre.model_version, pre.threshold) == ("gradcam", version, 0.5)
             assert pre.score == rec.prediction.probability
@@ -96,13 +120,29 @@ def test_gradcam_writes_heatmaps_records_and_resumes(phantoms: Path, broken: Pat
                 assert ext[:, 0].min() >= 0 and ext[:, 0].max() <= rec.width
                 assert ext[:, 1].min() >= 0 and ext[:, 1].max() <= rec.height
 
-    again = CliRunner().invoke(cli, ["gradcam", str(model_path), str(phantoms / "images"), *ws_arg, "--json"])
+    again = CliRunner().invoke(
+        cli, ["gradcam", str(model_path), str(phantoms / "images"), *ws_arg, "--json"]
+    )
     assert again.exit_code == 0, again.output
     s = _json(again)
     assert (s["processed"], s["skipped"]) == (0, 9)
-    assert [r.to_json() for r in workspace.ledger.all()] == [r.to_json() for r in records]  # untouched
+    assert [r.to_json() for r in workspace.ledger.all()] == [
+        r.to_json() for r in records
+    ]  # untouched
 
-    pp = CliRunner().invoke(cli, ["gradcam", str(model_path), str(phantoms / "images"), *ws_arg, "--method", "gradcampp", "--all", "--json"])
+    pp = CliRunner().invoke(
+        cli,
+        [
+            "gradcam",
+            str(model_path),
+            str(phantoms / "images"),
+            *ws_arg,
+            "--method",
+            "gradcampp",
+            "--all",
+            "--json",
+        ],
+    )
     assert pp.exit_code == 0, pp.output
     s = _json(pp)
     assert (s["processed"], s["skipped"], s["preannotated"]) == (9, 0, 9)
@@ -128,31 +168,83 @@ def test_stored_heatmap_maps_back_to_the_polygons(workspace: Workspace) -> None:
         assert iou(drawn, threshold_heatmap(heat, threshold=settings["threshold"])) > 0.85
 
 
-def test_gradcam_rejects_unknown_target(phantoms: Path, model_path: Path, workspace: Workspace) -> None:
-    r = CliRunner().invoke(cli, ["gradcam", str(model_path), str(phantoms / "images"), "-w", str(workspace.root), "--target", "flu"])
+def test_gradcam_rejects_unknown_target(
+    phantoms: Path, model_path: Path, workspace: Workspace
+) -> None:
+    r = CliRunner().invoke(
+        cli,
+        [
+            "gradcam",
+            str(model_path),
+            str(phantoms / "images"),
+            "-w",
+            str(workspace.root),
+            "--target",
+            "flu",
+        ],
+    )
     assert r.exit_code == 2 and "--target must be one of the model's classes" in r.stderr
 
 
-def test_train_cls_imagenet_offline_fails_clearly(phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_cls_imagenet_offline_fails_clearly(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] Temporary failure in name resolution")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] Temporary failure in name resolution"
+        )
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     out = tmp_path / "m.keras"
-    r = CliRunner().invoke(cli, ["train-cls", str(phantoms), "--out", str(out), "--weights", "imagenet", "--image-size", "32", "--epochs", "1", "--backbones", "vgg19"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "train-cls",
+            str(phantoms),
+            "--out",
+            str(out),
+            "--weights",
+            "imagenet",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--backbones",
+            "vgg19",
+        ],
+    )
     assert r.exit_code == 1
     assert "could not download the ImageNet weights of vgg19" in r.stderr
     assert "hint:" in r.stderr and "--weights PATH" in r.stderr
     assert not out.exists()
 
 
-def test_train_evaluate_audit(phantoms: Path, tmp_path: Path, model_path: Path, workspace: Workspace) -> None:
+def test_train_evaluate_audit(
+    phantoms: Path, tmp_path: Path, model_path: Path, workspace: Workspace
+) -> None:
     out = tmp_path / "models" / "cls.keras"
     ws_arg = ["-w", str(workspace.root)]
     r = CliRunner().invoke(
         cli,
-        ["train-cls", str(phantoms / "metadata.csv"), "--out", str(out), "--epochs", "1", "--batch-size", "4",
-         "--image-size", "32", "--backbones", "efficientnetb0", "--eager", "--seed", "3", "--json", *ws_arg],
+        [
+            "train-cls",
+            str(phantoms / "metadata.csv"),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--backbones",
+            "efficientnetb0",
+            "--eager",
+            "--seed",
+            "3",
+            "--json",
+            *ws_arg,
+        ],
     )
     assert r.exit_code == 0, r.output
     s = _json(r)
@@ -167,11 +259,22 @@ def test_train_evaluate_audit(phantoms: Path, tmp_path: Path, model_path: Path, 
     assert side["model_version"] == s["model_version"] and side["seed"] == 3
     assert workspace.ledger.runs("train-cls")[-1]["model_version"] == s["model_version"]
 
-    ev = CliRunner().invoke(cli, ["evaluate", str(out), str(phantoms / "metadata.csv"), "--json", *ws_arg])
+    ev = CliRunner().invoke(
+        cli, ["evaluate", str(out), str(phantoms / "metadata.csv"), "--json", *ws_arg]
+    )
     assert ev.exit_code == 0, ev.output
     m = _json(ev)
-    assert m["split"] == "val" and m["n"] == split["n_val"]  # auto: the training data -> its validation split
-    assert set(m) >= {"accuracy", "macro_f1", "macro_auc", "per_class", "confusion_matrix", "model_version"}
+    assert (
+        m["split"] == "val" and m["n"] == split["n_val"]
+    )  # auto: the training data -> its validation split
+    assert set(m) >= {
+        "accuracy",
+        "macro_f1",
+        "macro_auc",
+        "per_class",
+        "confusion_matrix",
+        "model_version",
+    }
     assert sum(map(sum, m["confusion_matrix"]["matrix"])) == m["n"]
     report_dir = workspace.root / "reports" / "classifier"
     for name in ("metrics.json", "confusion_matrix.png", "curves.png"):
@@ -179,18 +282,37 @@ def test_train_evaluate_audit(phantoms: Path, tmp_path: Path, model_path: Path, 
 
     # (a 32 px model has 1x1 conv maps, i.e. flat CAMs: audit the 64 px one)
     au = CliRunner().invoke(
-        cli, ["audit", str(model_path), str(phantoms / "metadata.csv"), "--lung-masks", str(phantoms / "lung_masks"), "--json", "--worst", "4", *ws_arg]
+        cli,
+        [
+            "audit",
+            str(model_path),
+            str(phantoms / "metadata.csv"),
+            "--lung-masks",
+            str(phantoms / "lung_masks"),
+            "--json",
+            "--worst",
+            "4",
+            *ws_arg,
+        ],
     )
     assert au.exit_code == 0, au.output
     a = _json(au)
     o = a["overall"]
-    assert o["n_images"] == 9 and o["with_lung_mask"] == 9 and a["model_version"] != s["model_version"]
+    assert (
+        o["n_images"] == 9 and o["with_lung_mask"] == 9 and a["model_version"] != s["model_version"]
+    )
     assert 0 <= o["mean_lung_energy"] <= 1 and 0 <= o["mean_border_energy"] <= 1
     assert set(a["by_label"]) == {"covid", "pneumonia", "normal"}
     for row in a["images"]:
-        assert row["lung_energy_share"] is not None and row["flagged"] == (row["lung_energy_share"] < 0.5)
-        assert row["lung_mask"].endswith(row["file"].split("/", 1)[1])  # images/<c>/<id> <-> lung_masks/<c>/<id>
-    assert (workspace.root / "reports" / "audit.json").is_file() and (workspace.root / "reports" / "audit_worst.png").is_file()
+        assert row["lung_energy_share"] is not None and row["flagged"] == (
+            row["lung_energy_share"] < 0.5
+        )
+        assert row["lung_mask"].endswith(
+            row["file"].split("/", 1)[1]
+        )  # images/<c>/<id> <-> lung_masks/<c>/<id>
+    assert (workspace.root / "reports" / "audit.json").is_file() and (
+        workspace.root / "reports" / "audit_worst.png"
+    ).is_file()
 
 
 def test_audit_shares_on_a_known_map() -> None:

@@ -52,15 +52,23 @@ def test_flat_graph_on_one_input(model: EnsembleClassifier) -> None:
     assert model.output_shape == (None, 3)
     names = [layer.name for layer in model.layers]
     assert len(names) == len(set(names))
-    for name in model.cam_layers + ("logits", "predictions", "features", "dropout"):
+    for name in (*model.cam_layers, "logits", "predictions", "features", "dropout"):
         assert name in names  # the CAM layers are nodes of the ensemble itself
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
-    pre = {layer.name: layer.mode for layer in model.layers if isinstance(layer, BackbonePreprocess)}
-    assert pre == {"densenet121_preprocess": "torch", "efficientnetb0_preprocess": "none", "vgg19_preprocess": "caffe"}
+    pre = {
+        layer.name: layer.mode for layer in model.layers if isinstance(layer, BackbonePreprocess)
+    }
+    assert pre == {
+        "densenet121_preprocess": "torch",
+        "efficientnetb0_preprocess": "none",
+        "vgg19_preprocess": "caffe",
+    }
     assert model.count_params() == pytest.approx(31.1e6, rel=0.01)
 
 
-def test_freeze_fraction_freezes_the_first_layers_of_each_backbone(model: EnsembleClassifier) -> None:
+def test_freeze_fraction_freezes_the_first_layers_of_each_backbone(
+    model: EnsembleClassifier,
+) -> None:
     for name in model.backbones:
         own = model.backbone_layer_names(name)
         frozen = [not model.get_layer(n).trainable for n in own]
@@ -69,24 +77,45 @@ def test_freeze_fraction_freezes_the_first_layers_of_each_backbone(model: Ensemb
     assert model.get_layer("logits").trainable
 
 
-def test_save_load_round_trip_gives_identical_outputs(model: EnsembleClassifier, saved: Path, batch: np.ndarray) -> None:
+def test_save_load_round_trip_gives_identical_outputs(
+    model: EnsembleClassifier, saved: Path, batch: np.ndarray
+) -> None:
     loaded = load_ensemble(saved)  # safe_mode stays on: no Lambda layers
     assert isinstance(loaded, EnsembleClassifier)
-    assert (loaded.classes, loaded.image_size, loaded.model_version) == (model.classes, model.image_size, model.model_version)
-    assert [layer.trainable for layer in loaded.layers] == [layer.trainable for layer in model.layers]
-    np.testing.assert_array_equal(np.asarray(loaded(batch, training=False)), np.asarray(model(batch, training=False)))
+    assert (loaded.classes, loaded.image_size, loaded.model_version) == (
+        model.classes,
+        model.image_size,
+        model.model_version,
+    )
+    assert [layer.trainable for layer in loaded.layers] == [
+        layer.trainable for layer in model.layers
+    ]
+    np.testing.assert_array_equal(
+        np.asarray(loaded(batch, training=False)), np.asarray(model(batch, training=False))
+    )
 
 
-def test_weights_from_a_saved_ensemble_initialize_a_new_version(model: EnsembleClassifier, saved: Path, batch: np.ndarray) -> None:
+def test_weights_from_a_saved_ensemble_initialize_a_new_version(
+    model: EnsembleClassifier, saved: Path, batch: np.ndarray
+) -> None:
     again = build_ensemble(image_size=SIZE, weights=saved)
     assert again.model_version != model.model_version
-    np.testing.assert_allclose(np.asarray(again(batch, training=False)), np.asarray(model(batch, training=False)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(again(batch, training=False)),
+        np.asarray(model(batch, training=False)),
+        atol=1e-6,
+    )
 
 
 def test_one_eager_fit_step_with_class_weights(batch: np.ndarray) -> None:
     keras.utils.set_random_seed(2)
     m = build_ensemble(image_size=SIZE, dropout=0.2)
-    m.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"], run_eagerly=True)
+    m.compile(
+        keras.optimizers.Adam(1e-3),
+        "categorical_crossentropy",
+        metrics=["accuracy"],
+        run_eagerly=True,
+    )
     before = m.get_layer("logits").get_weights()[0].copy()
     y = keras.utils.to_categorical([0, 1, 2, 0], 3)
     hist = m.fit(batch, y, epochs=1, batch_size=4, class_weight={0: 0.5, 1: 2.0, 2: 1.0}, verbose=0)
@@ -94,9 +123,13 @@ def test_one_eager_fit_step_with_class_weights(batch: np.ndarray) -> None:
     assert not np.allclose(before, m.get_layer("logits").get_weights()[0])
 
 
-def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imagenet_weights_offline_fail_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] Temporary failure in name resolution"
+        )
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(ModelError) as err:
@@ -107,18 +140,22 @@ def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch: pytest.
 
 
 def test_weights_folder_without_the_files_names_them(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="expected vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+    with pytest.raises(
+        ModelError, match=r"expected vgg19_weights_tf_dim_ordering_tf_kernels_notop\.h5"
+    ):
         build_ensemble(image_size=SIZE, weights=tmp_path, backbones=("vgg19",))
     with pytest.raises(ModelError, match="no such file or folder"):
         build_ensemble(image_size=SIZE, weights=tmp_path / "missing.keras", backbones=("vgg19",))
 
 
 def test_bad_arguments_state_the_rule() -> None:
-    with pytest.raises(ModelError, match=r"supported backbones: \['densenet121', 'efficientnetb0', 'vgg19'\]"):
+    with pytest.raises(
+        ModelError, match=r"supported backbones: \['densenet121', 'efficientnetb0', 'vgg19'\]"
+    ):
         build_ensemble(backbones=("resnet50",))
     with pytest.raises(ModelError, match="image_size=16"):
         EnsembleClassifier(image_size=16)
-    with pytest.raises(ModelError, match="freeze_fraction=1.5"):
+    with pytest.raises(ModelError, match=r"freeze_fraction=1\.5"):
         EnsembleClassifier(image_size=SIZE, freeze_fraction=1.5)
 
 
@@ -146,15 +183,23 @@ def test_efficientnet_imagenet_mode_reproduces_keras_extra_rescaling(batch: np.n
 def test_class_weights_balanced_from_counts() -> None:
     w = class_weights_from_counts([10, 30, 60])
     assert w == pytest.approx({0: 100 / 30, 1: 100 / 90, 2: 100 / 180})
-    assert sum(w[i] * c for i, c in enumerate([10, 30, 60])) == pytest.approx(100)  # total weight kept
+    assert sum(w[i] * c for i, c in enumerate([10, 30, 60])) == pytest.approx(
+        100
+    )  # total weight kept
     assert class_weights_from_counts([5, 0])[1] == 0.0
 
 
 def test_class_weights_parsing() -> None:
     classes = ("covid", "pneumonia", "normal")
     assert parse_class_weights("none", classes, [1, 1, 1]) is None
-    assert parse_class_weights("auto", classes, [1, 2, 1]) == pytest.approx({0: 4 / 3, 1: 2 / 3, 2: 4 / 3})
-    assert parse_class_weights("normal=1,covid=3.5,pneumonia=1.2", classes, [1, 1, 1]) == {0: 3.5, 1: 1.2, 2: 1.0}
+    assert parse_class_weights("auto", classes, [1, 2, 1]) == pytest.approx(
+        {0: 4 / 3, 1: 2 / 3, 2: 4 / 3}
+    )
+    assert parse_class_weights("normal=1,covid=3.5,pneumonia=1.2", classes, [1, 1, 1]) == {
+        0: 3.5,
+        1: 1.2,
+        2: 1.0,
+    }
     with pytest.raises(ModelError, match=r"missing=\['normal'\]"):
         parse_class_weights("covid=1,pneumonia=2", classes, [1, 1, 1])
     with pytest.raises(ModelError, match="not a number"):
@@ -164,7 +209,9 @@ def test_class_weights_parsing() -> None:
 # ------------------------------------------------------------------------------ the split
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 25) | st.none()), min_size=1, max_size=120),
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 25) | st.none()), min_size=1, max_size=120
+    ),
     st.integers(0, 10_000),
 )
 def test_grouped_split_never_puts_a_patient_on_both_sides(items: list, seed: int) -> None:  # type: ignore[type-arg]
@@ -183,7 +230,7 @@ def test_grouped_split_is_stratified_and_deterministic() -> None:
         for _ in range(int(rng.integers(1, 4))):
             labels.append(lab)
             groups.append(f"p{p}")
-    train, val = grouped_stratified_split(labels, groups, 0.2, seed=5)
+    _train, val = grouped_stratified_split(labels, groups, 0.2, seed=5)
     assert len(val) / len(labels) == pytest.approx(0.2, abs=0.01)
     for lab in ("covid", "pneumonia", "normal"):
         total = sum(1 for x in labels if x == lab)
@@ -217,7 +264,9 @@ def test_read_dataset_from_class_folders_and_csv(tmp_path: Path) -> None:
 
     _png(tmp_path / "csv" / "img" / "a.png")
     _png(tmp_path / "csv" / "img" / "b.png")
-    (tmp_path / "csv" / "metadata.csv").write_text("file,label,patient_id,extra\nimg/a.png,cat,p1,x\nimg/b.png,dog,,y\n")
+    (tmp_path / "csv" / "metadata.csv").write_text(
+        "file,label,patient_id,extra\nimg/a.png,cat,p1,x\nimg/b.png,dog,,y\n"
+    )
     ds = read_dataset(tmp_path / "csv")  # a folder holding metadata.csv
     assert ds.classes == ("cat", "dog") and ds.patient_ids == ("p1", None)
     assert ds.paths[0] == (tmp_path / "csv" / "img" / "a.png").resolve()
@@ -237,19 +286,40 @@ def test_roc_auc_with_ties_and_degenerate_cases() -> None:
 
 def test_classification_metrics_by_hand() -> None:
     y = np.array([0, 0, 1, 1, 2, 2])
-    p = np.array([[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2]])
+    p = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.4, 0.5, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.6, 0.2, 0.2],
+        ]
+    )
     m = classification_metrics(y, p, ["a", "b", "c"])
     assert m["n"] == 6 and m["accuracy"] == pytest.approx(4 / 6)
-    assert m["confusion_matrix"] == {"labels": ["a", "b", "c"], "matrix": [[1, 1, 0], [0, 2, 0], [1, 0, 1]]}
+    assert m["confusion_matrix"] == {
+        "labels": ["a", "b", "c"],
+        "matrix": [[1, 1, 0], [0, 2, 0], [1, 0, 1]],
+    }
     a = m["per_class"]["a"]
     assert (a["precision"], a["recall"], a["support"]) == (0.5, 0.5, 2)
     b = m["per_class"]["b"]
-    assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == 1.0 and b["f1"] == pytest.approx(0.8)
+    assert (
+        b["precision"] == pytest.approx(2 / 3)
+        and b["recall"] == 1.0
+        and b["f1"] == pytest.approx(0.8)
+    )
     c = m["per_class"]["c"]
     assert c["precision"] == 1.0 and c["recall"] == 0.5 and c["f1"] == pytest.approx(2 / 3)
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
     assert m["per_class"]["c"]["auc"] == pytest.approx(1.0)  # scores 0.8, 0.2 vs 0.1 x4
     assert m["macro_auc"] == pytest.approx(np.mean([v["auc"] for v in m["per_class"].values()]))
-    none_predicted = classification_metrics(np.array([0, 0]), np.array([[0.2, 0.8], [0.3, 0.7]]), ["x", "y"])
-    assert none_predicted["per_class"]["x"]["precision"] is None and none_predicted["per_class"]["x"]["f1"] == 0.0
+    none_predicted = classification_metrics(
+        np.array([0, 0]), np.array([[0.2, 0.8], [0.3, 0.7]]), ["x", "y"]
+    )
+    assert (
+        none_predicted["per_class"]["x"]["precision"] is None
+        and none_predicted["per_class"]["x"]["f1"] == 0.0
+    )
     assert none_predicted["per_class"]["y"]["auc"] is None and none_predicted["macro_auc"] is None

@@ -150,9 +150,17 @@ def test_a_tiny_tiramisu_learns_phantom_lesion_masks() -> None:
         run_eagerly=True,
     )
     start = model.evaluate(x, y, return_dict=True, verbose=0)
-    for _ in range(40):
-        model.train_on_batch(x, y)
-    end = model.evaluate(x, y, return_dict=True, verbose=0)  # inference mode (BN moving stats)
     assert start["dice"] < 0.3
-    assert end["dice"] > 0.7, end  # ~0.86 here after 40 steps
+    # Evaluated in inference mode (BatchNorm moving statistics) every 10 steps; TensorFlow
+    # passes the bar after 40 steps here (Dice ~0.86); other backends draw other initial
+    # weights, hence the margin of up to 80 steps.
+    history = []
+    for _ in range(8):
+        for _ in range(10):
+            model.train_on_batch(x, y)
+        end = model.evaluate(x, y, return_dict=True, verbose=0)
+        history.append(round(float(end["dice"]), 3))
+        if end["dice"] > 0.7:
+            break
+    assert end["dice"] > 0.7, history
     assert end["iou"] > 0.5, end
