@@ -1,4 +1,4 @@
-"""Shared fixtures. Real-server fixtures live in tests/integration/conftest.py."""
+"""Shared fixtures (the real Label Studio server comes from tests/lsserver.py)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,8 @@ def artifacts_dir() -> Path:
     p = REPO / "test-artifacts"
     p.mkdir(exist_ok=True)
     return p
+
+
+# The real Label Studio server (session-scoped): one instance shared by tests/integration and
+# tests/e2e, started from a prepared data-dir copy and stopped by PID.
+from tests.lsserver import LSServer, ls_server, ls_template  # noqa: E402,F401

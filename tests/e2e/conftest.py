@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ls_server  # noqa: F401  (the real server, reused here)
 
 CHROMIUM = Path(os.environ.get("CAMLABEL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

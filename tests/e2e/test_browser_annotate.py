@@ -12,7 +12,7 @@ import pytest
 from camlabel import loop
 from camlabel.geometry import iou
 from camlabel.imaging import read_mask_png
-from tests.integration.conftest import LSServer
+from tests.lsserver import LSServer
 from tests.integration.lshelpers import phantom_workspace, rasterize_centres
 
 

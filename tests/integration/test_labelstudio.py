@@ -21,7 +21,7 @@ from camlabel.geometry import mask_to_brush_rle
 from camlabel.imaging import read_mask_png
 from camlabel.records import JobRef
 from camlabel.workspace import Workspace
-from tests.integration.conftest import LSServer
+from tests.lsserver import LSServer
 from tests.integration.lshelpers import phantom_workspace, polygon_result, px, rasterize_centres
 
 

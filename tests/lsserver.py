@@ -1,4 +1,4 @@
-"""A real Label Studio server for the integration tests (and tests/e2e), started once per session.
+"""A real Label Studio server for tests/integration and tests/e2e, started once per pytest session.
 
 The server comes from its own venv (``.venv-ls``, or ``CAMLABEL_LS_BIN``), listens on
 127.0.0.1 on a free port, and runs from a copy of a migrated data-dir template (prepared once
