@@ -43,7 +43,8 @@ class DemoSettings:
     n_heldout: int = 30
     phantom_size: int = 192
     cls_image_size: int = 96
-    cls_epochs: int = 8
+    cls_epochs: int = 14
+    backbones: tuple[str, ...] = ("densenet-s", "efficientnet-s", "vgg-s")
     cls_batch_size: int = 16
     cls_lr: float = 1e-3
     seg_image_size: int = 128
@@ -122,7 +123,7 @@ def run_demo(
 
     # 2. classifier ---------------------------------------------------------------------
     model = ws.dir("models") / "ensemble.keras"
-    t = _step(log, f"2/9 train the DenseNet121 + EfficientNetB0 + VGG19 ensemble ({s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)")
+    t = _step(log, f"2/9 train a small DenseNet + EfficientNet + VGG ensemble ({', '.join(s.backbones)}; {s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)")
     if not model.is_file():
         train_classifier(
             train_dir / "metadata.csv",
@@ -133,6 +134,7 @@ def run_demo(
             batch_size=s.cls_batch_size,
             lr=s.cls_lr,
             weights="none",
+            backbones=s.backbones,
             seed=s.seed,
             workspace=ws,
             progress=progress,
@@ -201,11 +203,10 @@ def run_demo(
         seed=s.seed,
         patience=max(5, s.seg_epochs // 3),
         model_overrides={
-            "down_blocks": list(s.seg_blocks),
-            "up_blocks": list(reversed(s.seg_blocks)),
-            "bottleneck_layers": s.seg_bottleneck,
-            "growth_rate": s.seg_growth,
-            "initial_filters": s.seg_first_filters,
+            "down-blocks": ",".join(str(b) for b in s.seg_blocks),
+            "bottleneck-layers": s.seg_bottleneck,
+            "growth-rate": s.seg_growth,
+            "initial-filters": s.seg_first_filters,
         },
         progress=progress,
     )
