@@ -653,31 +653,40 @@ def preannotation_from_map(
     source: str,
     model_version: str,
     score: float | None = None,
+    absolute: bool = False,
 ) -> Preannotation:
     """Polygons around the hot part of a map at ORIGINAL image resolution -> ``Preannotation``.
 
     ``heatmap`` is HxW at the image's own resolution (``Letterbox.heatmap_to_image`` maps a
     model-grid map back exactly), so the polygons are in original-image pixels.
-    ``settings`` are the workspace CAM settings (:func:`cam_settings`): ``threshold``
-    (fraction of the map's maximum, or ``"otsu"``), ``min_area_fraction`` (of the image
-    area), ``epsilon_px`` and ``max_vertices``. Any producer of a map (a CAM method, a
-    segmenter's probability map) can use it; ``source`` names the producer.
+    ``settings`` are the workspace CAM settings (:func:`cam_settings`): ``threshold``,
+    ``min_area_fraction`` (of the image area), ``epsilon_px`` and ``max_vertices``.
+
+    The threshold is a fraction of the map's maximum (or ``"otsu"``), right for CAMs, whose
+    scale is arbitrary. With ``absolute=True`` it is a value of the map itself (pixels
+    ``>= threshold``), right for probability maps: a segmenter's map (``source="segmenter"``)
+    whose maximum is 0.1 then gives no polygon instead of a noisy one.
     """
-    from camlabel.geometry import heatmap_to_polygons
+    from camlabel.geometry import heatmap_to_polygons, mask_to_polygons
 
     h, w = heatmap.shape
-    polys = heatmap_to_polygons(
-        heatmap,
-        threshold=settings["threshold"],
-        min_area_px=float(settings["min_area_fraction"]) * h * w,
-        epsilon_px=float(settings["epsilon_px"]),
-        max_vertices=settings.get("max_vertices"),
-    )
+    common = {
+        "min_area_px": float(settings["min_area_fraction"]) * h * w,
+        "epsilon_px": float(settings["epsilon_px"]),
+        "max_vertices": settings.get("max_vertices"),
+    }
+    threshold = settings["threshold"]
+    if absolute:
+        if threshold == "otsu":
+            raise UsageError("an absolute threshold must be a number, not 'otsu'")
+        polys = mask_to_polygons(np.asarray(heatmap) >= float(threshold), **common)
+    else:
+        polys = heatmap_to_polygons(heatmap, threshold=threshold, **common)
     return Preannotation(
         polygons=tuple(p.to_json() for p in polys),
         source=source,
         model_version=model_version,
-        threshold=settings["threshold"],
+        threshold=threshold,
         score=None if score is None else round(float(score), 6),
     )
 

@@ -56,6 +56,9 @@ class DemoSettings:
     seg_growth: int = 12
     seg_first_filters: int = 24
     skip_rate: float = 0.08
+    #: pre-annotate every image, not only those predicted as a lesion class (the smoke-test
+    #: run's one-epoch classifier finds too few lesions for a loop to run on)
+    cam_all_images: bool = False
     double_rate: float = 0.25
 
 
@@ -144,7 +147,7 @@ def run_demo(
 
     # 3. Grad-CAM ---------------------------------------------------------------------------
     t = _step(log, "3/9 Grad-CAM heatmaps -> pre-annotation polygons")
-    cam = run_gradcam(ws, model, [train_dir / "metadata.csv"], progress=progress)
+    cam = run_gradcam(ws, model, [train_dir / "metadata.csv"], all_images=s.cam_all_images, progress=progress)
     hits, lesion_imgs = 0, 0
     by_path = {r.source_path: r for r in ws.ledger.all()}
     for path, row in truth.items():

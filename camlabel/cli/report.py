@@ -40,6 +40,7 @@ def demo(workspace: Path, interactive: bool, keep_server: bool, seed: int, quick
         settings = DemoSettings(
             seed=seed, n_train=24, n_heldout=9, phantom_size=128, cls_image_size=64, cls_epochs=1,
             seg_image_size=64, seg_epochs=2, seg_blocks=(2, 2), seg_bottleneck=2, seg_growth=6, seg_first_filters=8,
+            cam_all_images=True,
         )
     run_demo(workspace, settings=settings, interactive=interactive, keep_server=keep_server or interactive, progress=show_progress(), log=lambda m: click.echo(m, err=True))
 

@@ -368,3 +368,25 @@ def test_jax_backend_gives_the_same_heatmaps(images, tmp_path: Path) -> None:  #
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"tf_loaded": False}
     np.testing.assert_allclose(np.load(tmp_path / "pp.npy"), expected, atol=1e-4)
     np.testing.assert_allclose(np.load(tmp_path / "gc.npy"), expected_gc[:2], atol=1e-4)
+
+
+def test_absolute_threshold_for_probability_maps() -> None:
+    """A segmenter-like probability map: relative thresholds (CAMs) find the faint bump,
+    absolute ones (probabilities) do not; both find a confident region."""
+    from camlabel.classify import cam_settings, preannotation_from_map
+
+    settings = cam_settings(None, threshold=0.5, min_area_fraction=0.0)
+    prob = np.zeros((40, 60), np.float32)
+    prob[10:20, 30:50] = 0.1
+    rel = preannotation_from_map(prob, settings=settings, source="segmenter", model_version="s1")
+    ab = preannotation_from_map(
+        prob, settings=settings, source="segmenter", model_version="s1", absolute=True
+    )
+    assert len(rel.polygons) == 1 and ab.polygons == ()
+    prob[10:20, 30:50] = 0.9
+    ab = preannotation_from_map(
+        prob, settings=settings, source="segmenter", model_version="s1", absolute=True
+    )
+    assert len(ab.polygons) == 1
+    xs = np.asarray(ab.polygons[0]["exterior"])[:, 0]
+    assert (xs.min(), xs.max()) == (30.0, 50.0)
