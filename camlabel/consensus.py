@@ -14,6 +14,7 @@ Agreement is the mean pairwise Dice over the annotations that were merged (None 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from camlabel.errors import UsageError
@@ -24,7 +25,9 @@ __all__ = ["RULES", "dice", "iou", "merge", "pairwise_dice"]
 RULES: tuple[str, ...] = ("majority", "union", "intersection", "latest")
 
 
-def merge(masks: Sequence[np.ndarray], rule: str, updated_at: Sequence[str] | None = None) -> np.ndarray:
+def merge(
+    masks: Sequence[np.ndarray], rule: str, updated_at: Sequence[str] | None = None
+) -> np.ndarray:
     """Merge bool masks of one image by ``rule``; ``updated_at`` orders them for ``latest``."""
     if rule not in RULES:
         raise UsageError(

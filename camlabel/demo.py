@@ -99,7 +99,13 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the loop end to end; returns the summary also written to ``reports/summary.json``."""
     from camlabel import labelstudio_server as lss
-    from camlabel.classify import evaluate_classifier, load_heatmap, run_audit, run_gradcam, train_classifier
+    from camlabel.classify import (
+        evaluate_classifier,
+        load_heatmap,
+        run_audit,
+        run_gradcam,
+        train_classifier,
+    )
     from camlabel.imaging import read_mask_png
     from camlabel.loop import pull_masks, push_jobs, workspace_status
     from camlabel.phantoms import generate_phantoms
@@ -126,7 +132,10 @@ def run_demo(
 
     # 2. classifier ---------------------------------------------------------------------
     model = ws.dir("models") / "ensemble.keras"
-    t = _step(log, f"2/9 train a small DenseNet + EfficientNet + VGG ensemble ({', '.join(s.backbones)}; {s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)")
+    t = _step(
+        log,
+        f"2/9 train a small DenseNet + EfficientNet + VGG ensemble ({', '.join(s.backbones)}; {s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)",
+    )
     if not model.is_file():
         train_classifier(
             train_dir / "metadata.csv",
@@ -142,12 +151,16 @@ def run_demo(
             workspace=ws,
             progress=progress,
         )
-    metrics = evaluate_classifier(model, held_dir / "metadata.csv", split="all", out_dir=reports / "classifier", workspace=ws)
+    metrics = evaluate_classifier(
+        model, held_dir / "metadata.csv", split="all", out_dir=reports / "classifier", workspace=ws
+    )
     _done(log, t, f"held-out accuracy {metrics.get('accuracy', float('nan')):.3f}")
 
     # 3. Grad-CAM ---------------------------------------------------------------------------
     t = _step(log, "3/9 Grad-CAM heatmaps -> pre-annotation polygons")
-    cam = run_gradcam(ws, model, [train_dir / "metadata.csv"], all_images=s.cam_all_images, progress=progress)
+    cam = run_gradcam(
+        ws, model, [train_dir / "metadata.csv"], all_images=s.cam_all_images, progress=progress
+    )
     hits, lesion_imgs = 0, 0
     by_path = {r.source_path: r for r in ws.ledger.all()}
     for path, row in truth.items():
@@ -166,7 +179,13 @@ def run_demo(
 
     # 4. audit -------------------------------------------------------------------------------
     t = _step(log, "4/9 shortcut audit (CAM energy inside the lungs)")
-    audit = run_audit(model, train_dir / "metadata.csv", lung_masks=train_dir / "lung_masks", out_dir=reports, workspace=ws)
+    audit = run_audit(
+        model,
+        train_dir / "metadata.csv",
+        lung_masks=train_dir / "lung_masks",
+        out_dir=reports,
+        workspace=ws,
+    )
     _done(log, t)
 
     # 5. Label Studio -------------------------------------------------------------------
@@ -177,17 +196,33 @@ def run_demo(
     try:
         t = _step(log, "6/9 push-jobs: tasks with the Grad-CAM polygons as predictions")
         pushed = push_jobs(ws, "labelstudio", progress=progress)
-        _done(log, t, f"{len(pushed.pushed)} new task(s), {len(pushed.already_present)} already present, project {pushed.project}")
+        _done(
+            log,
+            t,
+            f"{len(pushed.pushed)} new task(s), {len(pushed.already_present)} already present, project {pushed.project}",
+        )
 
         # 7. annotators ------------------------------------------------------------------
-        jobs = {r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all() if "labelstudio" in r.jobs}
+        jobs = {
+            r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all() if "labelstudio" in r.jobs
+        }
         if interactive:
-            t = _step(log, f"7/9 annotate in the browser: {st.url}/projects/{pushed.project}/data  (login {creds.email})")
+            t = _step(
+                log,
+                f"7/9 annotate in the browser: {st.url}/projects/{pushed.project}/data  (login {creds.email})",
+            )
             _wait_for_people(ws, jobs, log, poll_s)
         else:
-            t = _step(log, "7/9 simulated annotators correct the pre-annotations through the Label Studio API")
+            t = _step(
+                log,
+                "7/9 simulated annotators correct the pre-annotations through the Label Studio API",
+            )
             sim = _simulate(ws, jobs, truth, s)
-            _done(log, t, f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} skipped, {sim.accepted_unchanged} accepted unchanged")
+            _done(
+                log,
+                t,
+                f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} skipped, {sim.accepted_unchanged} accepted unchanged",
+            )
 
         t = _step(log, "8/9 pull-masks -> consensus masks; train the FC-DenseNet103 on them")
         pulled = pull_masks(ws, "labelstudio", progress=progress)
@@ -213,7 +248,11 @@ def run_demo(
         },
         progress=progress,
     )
-    _done(log, t, f"segmenter {seg.model_dir.name}: val Dice {seg.metrics.get('val_dice', float('nan')):.3f}")
+    _done(
+        log,
+        t,
+        f"segmenter {seg.model_dir.name}: val Dice {seg.metrics.get('val_dice', float('nan')):.3f}",
+    )
 
     # 9. predict + report ------------------------------------------------------------------
     t = _step(log, "9/9 predict on held-out phantoms; report")
@@ -237,11 +276,13 @@ def run_demo(
         "dice_goal": DICE_GOAL,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    (reports / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    (reports / "summary.json").write_text(
+        json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
+    )
     ws.record_run("demo", asdict(s), result={k: v for k, v in summary.items() if k != "settings"})
-    path = build_report(ws)
+    report_path = build_report(ws)
     _done(log, t)
-    log(f"\nreport: {path}")
+    log(f"\nreport: {report_path}")
     log(
         f"pointing game {_f(pointing)} · pre-annotation IoU {_f(summary['preannotation_iou_mean'])} · "
         f"held-out lesion Dice {_f(held['lesion_dice'])} (goal {DICE_GOAL}) · {summary['seconds']:.0f} s"
@@ -253,7 +294,9 @@ def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def _simulate(ws: Workspace, jobs: dict[str, Any], truth: dict[str, dict[str, str]], s: DemoSettings) -> Any:
+def _simulate(
+    ws: Workspace, jobs: dict[str, Any], truth: dict[str, dict[str, str]], s: DemoSettings
+) -> Any:
     from camlabel.backends.base import get_backend
     from camlabel.backends.labelstudio_sim import simulate_annotators
     from camlabel.imaging import read_mask_png
@@ -302,7 +345,12 @@ def _wait_for_people(ws: Workspace, jobs: dict[str, Any], log: Log, poll_s: floa
 
 
 def _heldout(
-    ws: Workspace, classifier: Path, segmenter: Path, held_dir: Path, held_truth: dict[str, dict[str, str]], progress: bool
+    ws: Workspace,
+    classifier: Path,
+    segmenter: Path,
+    held_dir: Path,
+    held_truth: dict[str, dict[str, str]],
+    progress: bool,
 ) -> dict[str, Any]:
     """camlabel predict on the held-out phantoms; lesion Dice against the true masks."""
     from camlabel.geometry import dice
@@ -343,7 +391,9 @@ def _heldout(
     del result
     return {
         "lesion_dice": float(np.mean(seg_dices)) if seg_dices else None,
-        "pipeline_dice": float(np.mean([d for d in pipe_dices if d is not None])) if pipe_dices else None,
+        "pipeline_dice": float(np.mean([d for d in pipe_dices if d is not None]))
+        if pipe_dices
+        else None,
         "n": len(items),
     }
 
@@ -360,4 +410,6 @@ def _annotated_vs_predicted(ws: Workspace, segmenter: Path) -> None:
         prob = segment_probability(seg, [read_image(ws.abs(r.display_path))])[0]
         mpath = out / f"{r.image_id}.png"
         write_png_atomic(mpath, prob >= seg.threshold)
-        (out / f"{r.image_id}.json").write_text(json.dumps({"image_id": r.image_id, "mask_path": str(mpath)}))
+        (out / f"{r.image_id}.json").write_text(
+            json.dumps({"image_id": r.image_id, "mask_path": str(mpath)})
+        )

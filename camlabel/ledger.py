@@ -76,7 +76,9 @@ class LedgerTransaction:
             )
         new = fn(rec)
         if new.image_id != image_id:
-            raise LedgerError(f"an update may not change image_id ({image_id[:12]} -> {new.image_id[:12]})")
+            raise LedgerError(
+                f"an update may not change image_id ({image_id[:12]} -> {new.image_id[:12]})"
+            )
         self.put(new)
         return new
 

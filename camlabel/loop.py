@@ -141,7 +141,11 @@ def pull_masks(
 ) -> PullSummary:
     """Fetch new/updated annotations, write masks and provenance. Safe to interrupt and re-run."""
     rule = consensus_rule or ws.config["consensus"]["rule"]
-    k = int(min_annotations if min_annotations is not None else ws.config["consensus"]["min_annotations"])
+    k = int(
+        min_annotations
+        if min_annotations is not None
+        else ws.config["consensus"]["min_annotations"]
+    )
     if rule not in consensus.RULES:
         consensus.merge([np.zeros((1, 1), bool)], rule)  # raises the listing error
     if k < 1:
@@ -164,12 +168,16 @@ def pull_masks(
         for outcome in report.outcomes:
             rec = txn.get(outcome.image_id)
             if rec is None:
-                summary.failed.append((outcome.image_id, "not in the ledger (pushed from another workspace?)"))
+                summary.failed.append(
+                    (outcome.image_id, "not in the ledger (pushed from another workspace?)")
+                )
                 continue
             try:
                 new_rec = _apply_outcome(ws, rec, outcome, rule, k, summary)
             except AnnotationError as exc:
-                summary.failed.append((f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message))
+                summary.failed.append(
+                    (f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message)
+                )
                 continue
             if new_rec is not rec:
                 txn.put(new_rec)
@@ -179,7 +187,13 @@ def pull_masks(
         _remerge_all(ws, rule, k, summary)
     ws.record_run(
         "pull-masks",
-        {"backend": backend, "consensus": rule, "min_annotations": k, "full": full, **be.describe()},
+        {
+            "backend": backend,
+            "consensus": rule,
+            "min_annotations": k,
+            "full": full,
+            **be.describe(),
+        },
         result=summary.to_json(),
     )
     return summary
@@ -200,7 +214,11 @@ def _apply_outcome(
     for res in outcome.annotations:
         ann = res.annotation
         old = next(
-            (a for a in rec.annotations if (a.backend, a.annotation_id) == (ann.backend, ann.annotation_id)),
+            (
+                a
+                for a in rec.annotations
+                if (a.backend, a.annotation_id) == (ann.backend, ann.annotation_id)
+            ),
             None,
         )
         if old is not None and old.updated_at == ann.updated_at and old.raster_path:
@@ -212,7 +230,11 @@ def _apply_outcome(
                     f"{res.mask.shape[1]}x{res.mask.shape[0]} px but the image is {rec.width}x{rec.height}",
                     hint="the task was annotated on a different image; re-push the image",
                 )
-            raster = ws.dir("annotations") / rec.image_id / f"{ann.backend}-{_safe(ann.annotation_id)}.png"
+            raster = (
+                ws.dir("annotations")
+                / rec.image_id
+                / f"{ann.backend}-{_safe(ann.annotation_id)}.png"
+            )
             write_png_atomic(raster, res.mask)
             ann = _replace(ann, raster_path=ws.rel(raster))
         new_anns.append(ann)
@@ -225,7 +247,9 @@ def _apply_outcome(
     return _remerge(ws, rec, rule, k, summary)
 
 
-def _remerge(ws: Workspace, rec: ImageRecord, rule: str, k: int, summary: PullSummary) -> ImageRecord:
+def _remerge(
+    ws: Workspace, rec: ImageRecord, rule: str, k: int, summary: PullSummary
+) -> ImageRecord:
     """Recompute the consensus mask of one record; write a new version only if it changed."""
     from camlabel.imaging import read_mask_png, write_png_atomic
 
@@ -276,7 +300,9 @@ def preannotation_mask(rec: ImageRecord) -> np.ndarray:
     """The pre-annotation polygons rasterized at the original resolution."""
     from camlabel.geometry import PolygonPx, polygons_to_mask
 
-    polys = [PolygonPx.from_json(p) for p in (rec.preannotation.polygons if rec.preannotation else ())]
+    polys = [
+        PolygonPx.from_json(p) for p in (rec.preannotation.polygons if rec.preannotation else ())
+    ]
     return polygons_to_mask(polys, rec.height, rec.width)
 
 
@@ -294,7 +320,9 @@ def _safe(s: str) -> str:
 def workspace_status(ws: Workspace) -> dict[str, Any]:
     """Counts per state and backend, mask agreement and effort telemetry (JSON-ready)."""
     recs = ws.ledger.all()
-    states = {s: 0 for s in ("registered", "preannotated", "pushed", "skipped", "annotated", "masked")}
+    states = {
+        s: 0 for s in ("registered", "preannotated", "pushed", "skipped", "annotated", "masked")
+    }
     for r in recs:
         states[r.state] += 1
     backends: dict[str, dict[str, int]] = {}

@@ -20,18 +20,36 @@ def _enabled(enabled: bool) -> bool | None:
 
 
 @contextmanager
-def progress_bar(*, total: int | None, desc: str, enabled: bool = True, unit: str = "it") -> Iterator[Any]:
+def progress_bar(
+    *, total: int | None, desc: str, enabled: bool = True, unit: str = "it"
+) -> Iterator[Any]:
     """A tqdm bar on stderr; a no-op object when disabled or not on a TTY."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=_enabled(enabled), file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=_enabled(enabled),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         yield bar
     finally:
         bar.close()
 
 
-def track(items: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+def track(
+    items: Iterable[T], *, desc: str, total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
     from tqdm.auto import tqdm
 
-    yield from tqdm(items, desc=desc, total=total, disable=_enabled(enabled), file=sys.stderr, dynamic_ncols=True)
+    yield from tqdm(
+        items,
+        desc=desc,
+        total=total,
+        disable=_enabled(enabled),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )

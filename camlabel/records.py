@@ -50,7 +50,9 @@ def _validate_polygons(polys: Any, where: str) -> tuple[JsonPolygon, ...]:
             )
         ext = p["exterior"]
         if not isinstance(ext, list) or len(ext) < 3:
-            raise LedgerError(f"{where}: polygon {i} needs >= 3 exterior points. Received: {ext!r:.80}")
+            raise LedgerError(
+                f"{where}: polygon {i} needs >= 3 exterior points. Received: {ext!r:.80}"
+            )
         out.append({"exterior": ext, "holes": list(p.get("holes", []))})
     return tuple(out)
 
@@ -87,7 +89,9 @@ def _pick(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
     }
     missing = required - set(d)
     if missing:
-        raise LedgerError(f"{where}: missing field(s) {sorted(missing)}. Received keys: {sorted(d)}")
+        raise LedgerError(
+            f"{where}: missing field(s) {sorted(missing)}. Received keys: {sorted(d)}"
+        )
     return {k: v for k, v in d.items() if k in names}
 
 
@@ -275,7 +279,9 @@ class ImageRecord(_Record):
         jobs[job.backend] = job
         return self.evolve(jobs=jobs)
 
-    def with_annotations(self, annotations: tuple[Annotation, ...] | list[Annotation]) -> ImageRecord:
+    def with_annotations(
+        self, annotations: tuple[Annotation, ...] | list[Annotation]
+    ) -> ImageRecord:
         """Merge by (backend, annotation_id): a newer copy replaces the old one, none is duplicated."""
         by_key = {(a.backend, a.annotation_id): a for a in self.annotations}
         for a in annotations:

@@ -97,7 +97,9 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _card(key: str, value: str, cls: str = "") -> str:
-    return f'<div class="card"><div class="v {cls}">{value}</div><div class="k">{_e(key)}</div></div>'
+    return (
+        f'<div class="card"><div class="v {cls}">{value}</div><div class="k">{_e(key)}</div></div>'
+    )
 
 
 def _load_json(path: Path) -> Any:
@@ -122,7 +124,9 @@ def _headline(ws: Workspace, recs: list[ImageRecord]) -> str:
         _card("annotator agreement (Dice)", _fmt(st["masks"]["agreement_dice_mean"])),
     ]
     if "pointing_game_hit_rate" in summary:
-        cards.append(_card("Grad-CAM pointing game (hit rate)", _pct(summary["pointing_game_hit_rate"])))
+        cards.append(
+            _card("Grad-CAM pointing game (hit rate)", _pct(summary["pointing_game_hit_rate"]))
+        )
     if "heldout_lesion_dice" in summary:
         d = summary["heldout_lesion_dice"]
         goal = summary.get("dice_goal", 0.92)
@@ -132,7 +136,9 @@ def _headline(ws: Workspace, recs: list[ImageRecord]) -> str:
         cards.append(_card("classifier accuracy (held-out)", _fmt(summary["classifier_accuracy"])))
     rows = [(k, v) for k, v in st["states"].items()]
     return (
-        '<section id="summary"><h2>Summary</h2><div class="cards">' + "".join(cards) + "</div>"
+        '<section id="summary"><h2>Summary</h2><div class="cards">'
+        + "".join(cards)
+        + "</div>"
         + _table(["state", "images"], rows)
         + "</section>"
     )
@@ -145,12 +151,30 @@ def _rounds(ws: Workspace) -> str:
         res = r.get("result", {})
         s = r.get("settings", {})
         if r["kind"] == "push-jobs":
-            rows.append((i, r.get("recorded_at", ""), "push", s.get("backend"), res.get("pushed"), res.get("already_present"), "–", "–", "–"))
+            rows.append(
+                (
+                    i,
+                    r.get("recorded_at", ""),
+                    "push",
+                    s.get("backend"),
+                    res.get("pushed"),
+                    res.get("already_present"),
+                    "–",
+                    "–",
+                    "–",
+                )
+            )
         else:
             rows.append(
                 (
-                    i, r.get("recorded_at", ""), "pull", s.get("backend"), res.get("tasks"), "–",
-                    res.get("new_annotations"), res.get("masks_written"),
+                    i,
+                    r.get("recorded_at", ""),
+                    "pull",
+                    s.get("backend"),
+                    res.get("tasks"),
+                    "–",
+                    res.get("new_annotations"),
+                    res.get("masks_written"),
                     f"{res.get('skipped', 0)} skipped / {res.get('unannotated', 0)} open",
                 )
             )
@@ -158,7 +182,20 @@ def _rounds(ws: Workspace) -> str:
         return '<section id="rounds"><h2>Labeling rounds</h2><p class="missing">No push or pull yet.</p></section>'
     return (
         '<section id="rounds"><h2>Labeling rounds</h2>'
-        + _table(["#", "when", "step", "backend", "tasks", "already present", "new annotations", "masks written", "not masked"], rows)
+        + _table(
+            [
+                "#",
+                "when",
+                "step",
+                "backend",
+                "tasks",
+                "already present",
+                "new annotations",
+                "masks written",
+                "not masked",
+            ],
+            rows,
+        )
         + "</section>"
     )
 
@@ -175,7 +212,9 @@ def _effort(recs: list[ImageRecord]) -> str:
                 r.label or "–",
                 len(sub),
                 ", ".join("yes" if a.accepted_unchanged else "no" for a in sub),
-                statistics.fmean([a.lead_time_s for a in sub if a.lead_time_s is not None] or [0.0]),
+                statistics.fmean(
+                    [a.lead_time_s for a in sub if a.lead_time_s is not None] or [0.0]
+                ),
                 r.mask.preannotation_iou if r.mask else None,
                 r.mask.agreement_dice if r.mask else None,
             )
@@ -187,7 +226,18 @@ def _effort(recs: list[ImageRecord]) -> str:
         "<p>Per annotated image: whether each annotator accepted the pre-annotation unchanged, "
         "lead time, IoU between the pre-annotation and the final mask, and the annotators' "
         "pairwise Dice where several annotated.</p>"
-        + _table(["image", "label", "annotators", "accepted unchanged", "lead time (s)", "pre-annotation IoU", "agreement Dice"], rows[:200])
+        + _table(
+            [
+                "image",
+                "label",
+                "annotators",
+                "accepted unchanged",
+                "lead time (s)",
+                "pre-annotation IoU",
+                "agreement Dice",
+            ],
+            rows[:200],
+        )
         + "</section>"
     )
 
@@ -205,10 +255,16 @@ def _classifier(ws: Workspace) -> str:
     parts.append("</div>")
     per = m.get("per_class") or {}
     if per:
-        rows = [(c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("auc"), v.get("support")) for c, v in per.items()]
+        rows = [
+            (c, v.get("precision"), v.get("recall"), v.get("f1"), v.get("auc"), v.get("support"))
+            for c, v in per.items()
+        ]
         parts.append(_table(["class", "precision", "recall", "F1", "ROC AUC", "support"], rows))
     figs = []
-    for name, cap in (("confusion_matrix.png", "confusion matrix"), ("curves.png", "training curves")):
+    for name, cap in (
+        ("confusion_matrix.png", "confusion matrix"),
+        ("curves.png", "training curves"),
+    ):
         uri = data_uri(base / name)
         if uri:
             figs.append(f"<figure>{_img(uri, cap)}<figcaption>{_e(cap)}</figcaption></figure>")
@@ -231,7 +287,9 @@ def _gradcam(ws: Workspace, recs: list[ImageRecord]) -> str:
         if pred:
             cap += f" ({pred.probability:.2f})"
         cap += f" · {len(r.preannotation.polygons) if r.preannotation else 0} polygon(s) · {r.heatmap.method}"
-        figs.append(f"<figure>{_img(uri, 'Grad-CAM overlay')}<figcaption>{_e(cap)}</figcaption></figure>")
+        figs.append(
+            f"<figure>{_img(uri, 'Grad-CAM overlay')}<figcaption>{_e(cap)}</figcaption></figure>"
+        )
     return (
         '<section id="gradcam"><h2>Grad-CAM pre-annotations</h2>'
         f"<p>{len(with_cam)} heatmap(s); overlays show the fused CAM and the polygons offered to annotators.</p>"
@@ -272,17 +330,23 @@ def _masks_vs_predictions(ws: Workspace, recs: list[ImageRecord]) -> str:
         cap = f"{item.get('name', '')} · true {item.get('label')} · predicted {item.get('predicted_class')}"
         if item.get("dice") is not None:
             cap += f" · lesion Dice {item['dice']:.3f}"
-        hfigs.append(f"<figure>{_img(uri, 'prediction overlay')}<figcaption>{_e(cap)}</figcaption></figure>")
+        hfigs.append(
+            f"<figure>{_img(uri, 'prediction overlay')}<figcaption>{_e(cap)}</figcaption></figure>"
+        )
     if not figs and not hfigs:
         return '<section id="masks"><h2>Masks and U-Net predictions</h2><p class="missing">No masks yet.</p></section>'
     out = ['<section id="masks"><h2>Masks and U-Net predictions</h2>']
     if figs:
-        out.append("<p>Left: the annotators' consensus mask (green). Right: the U-Net's prediction (red) where one was made.</p>")
+        out.append(
+            "<p>Left: the annotators' consensus mask (green). Right: the U-Net's prediction (red) where one was made.</p>"
+        )
         out.append('<div class="grid">' + "".join(figs) + "</div>")
     if hfigs:
         dices = [h["dice"] for h in heldout if h.get("dice") is not None]
-        out.append(f"<h3>Held-out images (camlabel predict)</h3><p>{len(heldout)} image(s); mean lesion Dice "
-                   f"{_fmt(float(np.mean(dices)) if dices else None)} over the lesion images.</p>")
+        out.append(
+            f"<h3>Held-out images (camlabel predict)</h3><p>{len(heldout)} image(s); mean lesion Dice "
+            f"{_fmt(float(np.mean(dices)) if dices else None)} over the lesion images.</p>"
+        )
         out.append('<div class="grid">' + "".join(hfigs) + "</div>")
     out.append("</section>")
     return "".join(out)
@@ -314,8 +378,14 @@ def _audit(ws: Workspace) -> str:
         '<section id="audit"><h2>Shortcut audit</h2>'
         "<p>Where the classifier looks: a model that decides from markers, borders or anatomy outside "
         "the lungs is using a shortcut, whatever its accuracy.</p>"
-        '<div class="cards">' + "".join(cards) + "</div>"
-        + (f"<figure>{_img(grid, 'worst cases')}<figcaption>worst cases: least CAM energy inside the lungs</figcaption></figure>" if grid else "")
+        '<div class="cards">'
+        + "".join(cards)
+        + "</div>"
+        + (
+            f"<figure>{_img(grid, 'worst cases')}<figcaption>worst cases: least CAM energy inside the lungs</figcaption></figure>"
+            if grid
+            else ""
+        )
         + "</section>"
     )
 
@@ -327,7 +397,15 @@ def _runs(ws: Workspace) -> str:
     rows = []
     for r in runs[-40:]:
         v = r.get("versions", {})
-        rows.append((r.get("recorded_at", ""), r.get("kind", ""), v.get("camlabel", ""), v.get("tensorflow", v.get("keras", "–")), json.dumps(r.get("settings", {}), sort_keys=True)[:160]))
+        rows.append(
+            (
+                r.get("recorded_at", ""),
+                r.get("kind", ""),
+                v.get("camlabel", ""),
+                v.get("tensorflow", v.get("keras", "–")),
+                json.dumps(r.get("settings", {}), sort_keys=True)[:160],
+            )
+        )
     return (
         '<section id="runs"><h2>Runs (versions, seeds, settings)</h2>'
         + _table(["when", "command", "camlabel", "TF / Keras", "settings"], rows)

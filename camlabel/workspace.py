@@ -91,7 +91,11 @@ def tool_versions() -> dict[str, str]:
     Importing TensorFlow only to record its version would cost seconds, so packages that
     the run never imported are not listed.
     """
-    out = {"camlabel": _version("camlabel"), "python": sys.version.split()[0], "platform": platform.platform()}
+    out = {
+        "camlabel": _version("camlabel"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
     for mod, dist in (
         ("numpy", "numpy"),
         ("cv2", "opencv-python-headless"),
@@ -315,4 +319,6 @@ def _check_config(cfg: Mapping[str, Any], path: Path) -> None:
         )
     size = cfg.get("image_size")
     if not isinstance(size, int) or size < 32:
-        raise ConfigError(f"{path}: image_size must be an integer >= 32. Received: image_size={size!r}")
+        raise ConfigError(
+            f"{path}: image_size must be an integer >= 32. Received: image_size={size!r}"
+        )

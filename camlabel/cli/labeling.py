@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from camlabel.cli.common import echo_json, info, json_option, open_workspace, print_failures, show_progress, workspace_option
+from camlabel.cli.common import (
+    echo_json,
+    info,
+    json_option,
+    open_workspace,
+    print_failures,
+    show_progress,
+    workspace_option,
+)
 
 BACKEND_CHOICE = click.Choice(["labelstudio", "groundtruth"])
 
@@ -18,29 +26,76 @@ def _options(**kw: Any) -> dict[str, Any]:
 
 @click.command("push-jobs")
 @workspace_option
-@click.option("--backend", type=BACKEND_CHOICE, default="labelstudio", show_default=True, help="Where annotators work.")
-@click.option("--all", "include_all", is_flag=True, help="Also push images without a pre-annotation (empty tasks).")
-@click.option("--dry-run", is_flag=True, help="Write what would be sent under WS/exports/ and call nothing.")
-@click.option("--url", envvar="CAMLABEL_LS_URL", default=None, help="[labelstudio] server URL (env CAMLABEL_LS_URL; default: the embedded server).")
-@click.option("--token", envvar="CAMLABEL_LS_TOKEN", default=None, help="[labelstudio] API token (env CAMLABEL_LS_TOKEN). Never printed.")
+@click.option(
+    "--backend",
+    type=BACKEND_CHOICE,
+    default="labelstudio",
+    show_default=True,
+    help="Where annotators work.",
+)
+@click.option(
+    "--all",
+    "include_all",
+    is_flag=True,
+    help="Also push images without a pre-annotation (empty tasks).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Write what would be sent under WS/exports/ and call nothing."
+)
+@click.option(
+    "--url",
+    envvar="CAMLABEL_LS_URL",
+    default=None,
+    help="[labelstudio] server URL (env CAMLABEL_LS_URL; default: the embedded server).",
+)
+@click.option(
+    "--token",
+    envvar="CAMLABEL_LS_TOKEN",
+    default=None,
+    help="[labelstudio] API token (env CAMLABEL_LS_TOKEN). Never printed.",
+)
 @click.option("--project", default=None, help="[labelstudio] existing project id to use.")
-@click.option("--upload/--local-files", default=None, help="[labelstudio] upload images (remote server) or serve them as local files (embedded server).")
+@click.option(
+    "--upload/--local-files",
+    default=None,
+    help="[labelstudio] upload images (remote server) or serve them as local files (embedded server).",
+)
 @click.option("--bucket", default=None, help="[groundtruth] S3 bucket.")
 @click.option("--prefix", default=None, help="[groundtruth] S3 key prefix.")
 @click.option("--role-arn", default=None, help="[groundtruth] IAM role Ground Truth assumes.")
 @click.option("--workteam-arn", default=None, help="[groundtruth] private or vendor workteam.")
-@click.option("--job-type", type=click.Choice(["adjustment", "polygon"]), default=None, help="[groundtruth] adjustment (CAM mask) or polygon job.")
+@click.option(
+    "--job-type",
+    type=click.Choice(["adjustment", "polygon"]),
+    default=None,
+    help="[groundtruth] adjustment (CAM mask) or polygon job.",
+)
 @click.option("--region", default=None, help="[groundtruth] AWS region.")
-@click.option("--kms-key", default=None, help="[groundtruth] KMS key id for SSE-KMS (default SSE-S3).")
-@click.option("--pre-lambda-arn", default=None, help="[groundtruth polygon] pre-annotation Lambda ARN.")
-@click.option("--acs-lambda-arn", default=None, help="[groundtruth polygon] consolidation Lambda ARN.")
+@click.option(
+    "--kms-key", default=None, help="[groundtruth] KMS key id for SSE-KMS (default SSE-S3)."
+)
+@click.option(
+    "--pre-lambda-arn", default=None, help="[groundtruth polygon] pre-annotation Lambda ARN."
+)
+@click.option(
+    "--acs-lambda-arn", default=None, help="[groundtruth polygon] consolidation Lambda ARN."
+)
 @json_option
-def push_jobs(workspace: Path, backend: str, include_all: bool, dry_run: bool, as_json: bool, **opts: Any) -> None:
+def push_jobs(
+    workspace: Path, backend: str, include_all: bool, dry_run: bool, as_json: bool, **opts: Any
+) -> None:
     """Publish pre-annotated images as labeling tasks (idempotent: re-runs add nothing twice)."""
     from camlabel.loop import push_jobs as run
 
     ws = open_workspace(workspace)
-    report = run(ws, backend, options=_options(**opts), include_all=include_all, dry_run=dry_run, progress=show_progress())
+    report = run(
+        ws,
+        backend,
+        options=_options(**opts),
+        include_all=include_all,
+        dry_run=dry_run,
+        progress=show_progress(),
+    )
     out = {
         "backend": backend,
         "project": report.project,
@@ -55,7 +110,9 @@ def push_jobs(workspace: Path, backend: str, include_all: bool, dry_run: bool, a
         echo_json(out)
     else:
         verb = "would push" if dry_run else "pushed"
-        click.echo(f"{backend}: {verb} {len(report.pushed)} task(s), {len(report.already_present)} already present (project {report.project})")
+        click.echo(
+            f"{backend}: {verb} {len(report.pushed)} task(s), {len(report.already_present)} already present (project {report.project})"
+        )
         for p in report.dry_run_files:
             info(f"  wrote {p}")
         print_failures(report.failures, "item")
@@ -66,19 +123,46 @@ def push_jobs(workspace: Path, backend: str, include_all: bool, dry_run: bool, a
 @click.command("pull-masks")
 @workspace_option
 @click.option("--backend", type=BACKEND_CHOICE, default="labelstudio", show_default=True)
-@click.option("--consensus", "consensus_rule", type=click.Choice(["majority", "union", "intersection", "latest"]), default=None, help="How several annotators' masks merge [workspace config: majority].")
-@click.option("--min-annotations", type=click.IntRange(min=1), default=None, help="Masks only for tasks with at least K submitted annotations [1].")
+@click.option(
+    "--consensus",
+    "consensus_rule",
+    type=click.Choice(["majority", "union", "intersection", "latest"]),
+    default=None,
+    help="How several annotators' masks merge [workspace config: majority].",
+)
+@click.option(
+    "--min-annotations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Masks only for tasks with at least K submitted annotations [1].",
+)
 @click.option("--full", is_flag=True, help="Ignore the cursor and re-read every task.")
 @click.option("--url", envvar="CAMLABEL_LS_URL", default=None, help="[labelstudio] server URL.")
 @click.option("--token", envvar="CAMLABEL_LS_TOKEN", default=None, help="[labelstudio] API token.")
 @click.option("--region", default=None, help="[groundtruth] AWS region.")
 @json_option
-def pull_masks(workspace: Path, backend: str, consensus_rule: str | None, min_annotations: int | None, full: bool, as_json: bool, **opts: Any) -> None:
+def pull_masks(
+    workspace: Path,
+    backend: str,
+    consensus_rule: str | None,
+    min_annotations: int | None,
+    full: bool,
+    as_json: bool,
+    **opts: Any,
+) -> None:
     """Turn annotators' polygons and brush strokes into binary masks (new/updated tasks only)."""
     from camlabel.loop import pull_masks as run
 
     ws = open_workspace(workspace)
-    s = run(ws, backend, options=_options(**opts), consensus_rule=consensus_rule, min_annotations=min_annotations, full=full, progress=show_progress())
+    s = run(
+        ws,
+        backend,
+        options=_options(**opts),
+        consensus_rule=consensus_rule,
+        min_annotations=min_annotations,
+        full=full,
+        progress=show_progress(),
+    )
     if as_json:
         echo_json(s.to_json())
     else:
@@ -91,7 +175,9 @@ def pull_masks(workspace: Path, backend: str, consensus_rule: str | None, min_an
         if s.unannotated:
             click.echo(f"  {len(s.unannotated)} task(s) not annotated yet")
         if s.waiting_for_annotations:
-            click.echo(f"  {len(s.waiting_for_annotations)} task(s) below --min-annotations (no mask yet)")
+            click.echo(
+                f"  {len(s.waiting_for_annotations)} task(s) below --min-annotations (no mask yet)"
+            )
         print_failures(s.failed, "task")
     if s.failed:
         raise SystemExit(1)

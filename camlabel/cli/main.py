@@ -38,14 +38,19 @@ class CamlabelGroup(click.Group):
                 traceback.print_exc()
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted: what was finished is saved; re-run the command to resume", err=True)
+            click.echo(
+                "interrupted: what was finished is saved; re-run the command to resume", err=True
+            )
             ctx.exit(130)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)  # keep the loop's order, not alphabetical
 
 
-@click.group(cls=CamlabelGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=CamlabelGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "--version", prog_name="camlabel")
 @click.option("-v", "--verbose", count=True, help="More output (-vv: debug, tracebacks on errors).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and results; no progress bars.")

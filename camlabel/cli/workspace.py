@@ -6,16 +6,39 @@ from pathlib import Path
 
 import click
 
-from camlabel.cli.common import echo_json, info, json_option, open_workspace, show_progress, workspace_option
+from camlabel.cli.common import (
+    echo_json,
+    info,
+    json_option,
+    open_workspace,
+    show_progress,
+    workspace_option,
+)
 
 
 @click.command()
 @click.argument("workspace", type=click.Path(file_okay=False, path_type=Path), default=".")
-@click.option("--classes", default=None, help="Comma-separated class names [covid,pneumonia,normal].")
-@click.option("--lesion-classes", default=None, help="Classes whose images get lesion masks [covid,pneumonia].")
-@click.option("--image-size", type=click.IntRange(min=32), default=None, help="Classifier input size [224].")
-@click.option("--seed", type=int, default=None, help="Workspace seed for splits and training [1234].")
-def init(workspace: Path, classes: str | None, lesion_classes: str | None, image_size: int | None, seed: int | None) -> None:
+@click.option(
+    "--classes", default=None, help="Comma-separated class names [covid,pneumonia,normal]."
+)
+@click.option(
+    "--lesion-classes",
+    default=None,
+    help="Classes whose images get lesion masks [covid,pneumonia].",
+)
+@click.option(
+    "--image-size", type=click.IntRange(min=32), default=None, help="Classifier input size [224]."
+)
+@click.option(
+    "--seed", type=int, default=None, help="Workspace seed for splits and training [1234]."
+)
+def init(
+    workspace: Path,
+    classes: str | None,
+    lesion_classes: str | None,
+    image_size: int | None,
+    seed: int | None,
+) -> None:
     """Create a workspace: config, ledger and folders (an existing config is kept)."""
     from camlabel.workspace import CONFIG_NAME, Workspace
 
@@ -33,10 +56,31 @@ def init(workspace: Path, classes: str | None, lesion_classes: str | None, image
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--count", "-n", type=click.IntRange(min=1), default=60, show_default=True, help="Number of images (split evenly over the classes).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed -> same bytes).")
-@click.option("--size", type=click.IntRange(min=64), default=256, show_default=True, help="Image height in pixels (width varies 80-100 %).")
-@click.option("--text-marker-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of images with a burned-in text marker.")
+@click.option(
+    "--count",
+    "-n",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="Number of images (split evenly over the classes).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed (same seed -> same bytes)."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=64),
+    default=256,
+    show_default=True,
+    help="Image height in pixels (width varies 80-100 %).",
+)
+@click.option(
+    "--text-marker-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of images with a burned-in text marker.",
+)
 def phantoms(out: Path, count: int, seed: int, size: int, text_marker_rate: float) -> None:
     """Generate synthetic chest radiographs with known lesion and lung masks.
 
@@ -45,11 +89,20 @@ def phantoms(out: Path, count: int, seed: int, size: int, text_marker_rate: floa
     """
     from camlabel.phantoms import generate_phantoms
 
-    recs = generate_phantoms(out, count=count, seed=seed, size=size, text_marker_rate=text_marker_rate, progress=show_progress())
-    by = {}
+    recs = generate_phantoms(
+        out,
+        count=count,
+        seed=seed,
+        size=size,
+        text_marker_rate=text_marker_rate,
+        progress=show_progress(),
+    )
+    by: dict[str, int] = {}
     for r in recs:
         by[r.label] = by.get(r.label, 0) + 1
-    click.echo(f"wrote {len(recs)} phantoms to {out} ({', '.join(f'{k}: {v}' for k, v in sorted(by.items()))})")
+    click.echo(
+        f"wrote {len(recs)} phantoms to {out} ({', '.join(f'{k}: {v}' for k, v in sorted(by.items()))})"
+    )
 
 
 @click.command()
@@ -67,7 +120,9 @@ def status(workspace: Path, as_json: bool) -> None:
     click.echo(f"workspace {ws.root}: {st['images']} image(s)")
     click.echo("  " + "  ".join(f"{k}: {v}" for k, v in st["states"].items()))
     for name, b in st["backends"].items():
-        click.echo(f"  {name}: {b['tasks']} task(s), {b['annotated']} annotated, {b['skipped']} skipped")
+        click.echo(
+            f"  {name}: {b['tasks']} task(s), {b['annotated']} annotated, {b['skipped']} skipped"
+        )
     eff = st["effort"]
     if eff["annotated"]:
         acc = eff["accepted_unchanged_share"]
@@ -80,7 +135,9 @@ def status(workspace: Path, as_json: bool) -> None:
         )
     if st["masks"]["count"]:
         agr = st["masks"]["agreement_dice_mean"]
-        click.echo(f"  masks: {st['masks']['count']} (annotator agreement, mean pairwise Dice: {'-' if agr is None else f'{agr:.3f}'})")
+        click.echo(
+            f"  masks: {st['masks']['count']} (annotator agreement, mean pairwise Dice: {'-' if agr is None else f'{agr:.3f}'})"
+        )
     info(f"ledger: {ws.ledger.path}")
 
 

@@ -481,4 +481,3 @@ def _register_small_backbones() -> None:
 
 
 _register_small_backbones()
-

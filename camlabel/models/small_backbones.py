@@ -37,32 +37,46 @@ def _fast_bn(model: keras.Model, momentum: float = 0.9) -> keras.Model:
     return model
 
 
-def densenet_small(*, include_top: bool = False, weights: Any = None, input_tensor: Any = None, **kw: Any) -> keras.Model:
+def densenet_small(
+    *, include_top: bool = False, weights: Any = None, input_tensor: Any = None, **kw: Any
+) -> keras.Model:
     return _fast_bn(
         _densenet.DenseNet(
-            [2, 2, 2, 2], include_top=include_top, weights=weights, input_tensor=input_tensor, name="densenet_s"
+            [2, 2, 2, 2],
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            name="densenet_s",
         )
     )
 
 
-def efficientnet_small(*, include_top: bool = False, weights: Any = None, input_tensor: Any = None, **kw: Any) -> keras.Model:
-    return _fast_bn(_efficientnet.EfficientNet(
-        0.25,
-        0.25,
-        224,
-        dropout_rate=0.1,
-        name="efficientnet_s",
-        include_top=include_top,
-        weights=weights,
-        input_tensor=input_tensor,
-    ))
+def efficientnet_small(
+    *, include_top: bool = False, weights: Any = None, input_tensor: Any = None, **kw: Any
+) -> keras.Model:
+    return _fast_bn(
+        _efficientnet.EfficientNet(
+            0.25,
+            0.25,
+            224,
+            dropout_rate=0.1,
+            name="efficientnet_s",
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+        )
+    )
 
 
-def vgg_small(*, include_top: bool = False, weights: Any = None, input_tensor: Any = None, **kw: Any) -> keras.Model:
+def vgg_small(
+    *, include_top: bool = False, weights: Any = None, input_tensor: Any = None, **kw: Any
+) -> keras.Model:
     x = input_tensor
     for b, filters in enumerate((32, 64, 128), 1):
         for c in (1, 2):
-            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"vggs_block{b}_conv{c}")(x)
+            x = layers.Conv2D(
+                filters, 3, padding="same", activation="relu", name=f"vggs_block{b}_conv{c}"
+            )(x)
         if b < 3:
             x = layers.MaxPooling2D(2, name=f"vggs_block{b}_pool")(x)
     from keras.src.ops.operation_utils import get_source_inputs

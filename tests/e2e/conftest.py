@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-
 CHROMIUM = Path(os.environ.get("CAMLABEL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",

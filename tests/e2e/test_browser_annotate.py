@@ -12,8 +12,8 @@ import pytest
 from camlabel import loop
 from camlabel.geometry import iou
 from camlabel.imaging import read_mask_png
-from tests.lsserver import LSServer
 from tests.integration.lshelpers import phantom_workspace, rasterize_centres
+from tests.lsserver import LSServer
 
 
 @pytest.mark.browser

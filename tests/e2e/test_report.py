@@ -16,7 +16,7 @@ import pytest
 from camlabel.geometry import mask_to_polygons
 from camlabel.imaging import overlay_heatmap, read_mask_png, write_png_atomic
 from camlabel.phantoms import generate_phantoms
-from camlabel.records import Annotation, Heatmap, JobRef, MaskInfo, Prediction, Preannotation
+from camlabel.records import Annotation, Heatmap, JobRef, MaskInfo, Preannotation, Prediction
 from camlabel.report import build_report
 from camlabel.workspace import Workspace
 
@@ -30,7 +30,9 @@ def loop_workspace(tmp_path: Path) -> Workspace:
     recs = generate_phantoms(ph, count=6, seed=5, size=96)
     ws = Workspace.init(tmp_path / "ws")
     rows = {str((ph / r.file).resolve()): r for r in recs}
-    registered, failures = ws.register_images(sorted(rows), labels={k: v.label for k, v in rows.items()})
+    registered, failures = ws.register_images(
+        sorted(rows), labels={k: v.label for k, v in rows.items()}
+    )
     assert not failures
     with ws.ledger.transaction() as txn:
         for i, rec in enumerate(registered):
@@ -39,42 +41,98 @@ def loop_workspace(tmp_path: Path) -> Workspace:
             disp = np.asarray(read_mask_png(ph / row.lung_mask), np.uint8) * 120
             heat = np.zeros(truth.shape, np.float32)
             heat[truth] = 1.0
-            write_png_atomic(ws.dir("heatmaps") / f"{rec.image_id}.png", overlay_heatmap(disp, heat))
+            write_png_atomic(
+                ws.dir("heatmaps") / f"{rec.image_id}.png", overlay_heatmap(disp, heat)
+            )
             np.save(ws.dir("heatmaps") / f"{rec.image_id}.npy", heat.astype(np.float16))
             new = rec.evolve(
                 prediction=Prediction(row.label, 0.9, {row.label: 0.9}, "m1"),
-                heatmap=Heatmap(f"heatmaps/{rec.image_id}.npy", f"heatmaps/{rec.image_id}.png", "gradcam", "m1", row.label),
+                heatmap=Heatmap(
+                    f"heatmaps/{rec.image_id}.npy",
+                    f"heatmaps/{rec.image_id}.png",
+                    "gradcam",
+                    "m1",
+                    row.label,
+                ),
             )
             if truth.any():
                 polys = [p.to_json() for p in mask_to_polygons(truth, epsilon_px=1.0)]
                 mpath = ws.dir("masks") / f"{rec.image_id}-v1.png"
                 write_png_atomic(mpath, truth)
                 ann = Annotation(
-                    backend="labelstudio", annotation_id=str(i), annotator="a1", status="submitted",
-                    created_at="2026-11-27T00:00:00Z", updated_at="2026-11-27T00:00:00Z",
-                    polygons=tuple(polys), lead_time_s=20.0 + i, accepted_unchanged=i % 2 == 0,
+                    backend="labelstudio",
+                    annotation_id=str(i),
+                    annotator="a1",
+                    status="submitted",
+                    created_at="2026-11-27T00:00:00Z",
+                    updated_at="2026-11-27T00:00:00Z",
+                    polygons=tuple(polys),
+                    lead_time_s=20.0 + i,
+                    accepted_unchanged=i % 2 == 0,
                 )
                 new = new.evolve(
                     preannotation=Preannotation(polys, "gradcam", "m1", 0.5, 0.9),
                     jobs={"labelstudio": JobRef("labelstudio", "1", str(i))},
                     annotations=(ann,),
-                    mask=MaskInfo(f"masks/{rec.image_id}-v1.png", 1, (f"labelstudio:{i}",), "majority", "0" * 64,
-                                  agreement_dice=0.9, preannotation_iou=0.75, area_px=int(truth.sum())),
+                    mask=MaskInfo(
+                        f"masks/{rec.image_id}-v1.png",
+                        1,
+                        (f"labelstudio:{i}",),
+                        "majority",
+                        "0" * 64,
+                        agreement_dice=0.9,
+                        preannotation_iou=0.75,
+                        area_px=int(truth.sum()),
+                    ),
                 )
             txn.put(new)
-    ws.ledger.append_run({"kind": "push-jobs", "settings": {"backend": "labelstudio"}, "result": {"pushed": 4, "already_present": 0}})
-    ws.ledger.append_run({"kind": "pull-masks", "settings": {"backend": "labelstudio"}, "result": {"tasks": 4, "new_annotations": 4, "masks_written": 4, "skipped": 0, "unannotated": 0}})
+    ws.ledger.append_run(
+        {
+            "kind": "push-jobs",
+            "settings": {"backend": "labelstudio"},
+            "result": {"pushed": 4, "already_present": 0},
+        }
+    )
+    ws.ledger.append_run(
+        {
+            "kind": "pull-masks",
+            "settings": {"backend": "labelstudio"},
+            "result": {
+                "tasks": 4,
+                "new_annotations": 4,
+                "masks_written": 4,
+                "skipped": 0,
+                "unannotated": 0,
+            },
+        }
+    )
     cls = ws.dir("reports") / "classifier"
     cls.mkdir(parents=True, exist_ok=True)
-    (cls / "metrics.json").write_text(json.dumps({"accuracy": 0.8333, "macro_f1": 0.81, "per_class": {"covid": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}}}))
-    (ws.dir("reports") / "audit.json").write_text(json.dumps({"overall": {"mean_lung_energy": 0.71, "flagged": 1, "n_images": 6}}))
-    (ws.dir("reports") / "summary.json").write_text(json.dumps({"pointing_game_hit_rate": 0.75, "heldout_lesion_dice": 0.93, "dice_goal": 0.92}))
+    (cls / "metrics.json").write_text(
+        json.dumps(
+            {
+                "accuracy": 0.8333,
+                "macro_f1": 0.81,
+                "per_class": {
+                    "covid": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}
+                },
+            }
+        )
+    )
+    (ws.dir("reports") / "audit.json").write_text(
+        json.dumps({"overall": {"mean_lung_energy": 0.71, "flagged": 1, "n_images": 6}})
+    )
+    (ws.dir("reports") / "summary.json").write_text(
+        json.dumps({"pointing_game_hit_rate": 0.75, "heldout_lesion_dice": 0.93, "dice_goal": 0.92})
+    )
     return ws
 
 
 @pytest.fixture
 def served(loop_workspace: Workspace) -> Iterator[str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(loop_workspace.dir("reports")))
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(loop_workspace.dir("reports"))
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -99,9 +157,23 @@ def test_report_renders_offline_with_the_loops_figures(
     assert [u for u in requests if not u.startswith("data:")] == [f"{served}/index.html"]
 
     headings = page.locator("h2").all_inner_texts()
-    for h in ("Summary", "Labeling rounds", "Annotation effort and agreement", "Classifier", "Grad-CAM pre-annotations", "Masks and U-Net predictions", "Shortcut audit"):
+    for h in (
+        "Summary",
+        "Labeling rounds",
+        "Annotation effort and agreement",
+        "Classifier",
+        "Grad-CAM pre-annotations",
+        "Masks and U-Net predictions",
+        "Shortcut audit",
+    ):
         assert h in headings, headings
-    cards = dict(zip(page.locator(".card .k").all_inner_texts(), page.locator(".card .v").all_inner_texts(), strict=True))
+    cards = dict(
+        zip(
+            page.locator(".card .k").all_inner_texts(),
+            page.locator(".card .v").all_inner_texts(),
+            strict=True,
+        )
+    )
     assert cards["images"] == "6"
     assert cards["Grad-CAM pointing game (hit rate)"] == "75%"
     assert cards["U-Net lesion Dice, held-out phantoms (goal ≥ 0.92)"] == "0.930"

@@ -21,8 +21,8 @@ from camlabel.geometry import mask_to_brush_rle
 from camlabel.imaging import read_mask_png
 from camlabel.records import JobRef
 from camlabel.workspace import Workspace
-from tests.lsserver import LSServer
 from tests.integration.lshelpers import phantom_workspace, polygon_result, px, rasterize_centres
+from tests.lsserver import LSServer
 
 
 def _project_tasks(server: LSServer, project: str) -> list[dict]:

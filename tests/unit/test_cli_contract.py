@@ -16,8 +16,20 @@ from click.testing import CliRunner
 from camlabel.cli.main import cli
 
 COMMANDS = [
-    "init", "phantoms", "train-cls", "evaluate", "gradcam", "audit", "push-jobs",
-    "pull-masks", "status", "train-seg", "predict", "report", "demo", "labelstudio",
+    "init",
+    "phantoms",
+    "train-cls",
+    "evaluate",
+    "gradcam",
+    "audit",
+    "push-jobs",
+    "pull-masks",
+    "status",
+    "train-seg",
+    "predict",
+    "report",
+    "demo",
+    "labelstudio",
 ]
 
 
@@ -48,7 +60,9 @@ def test_version() -> None:
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     code = "import sys, time; t=time.time(); from camlabel.cli.main import cli; print(sorted(m for m in ('tensorflow','keras','label_studio_sdk','boto3','cv2','numpy') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "camlabel", "--help"], capture_output=True, check=True)
@@ -64,7 +78,9 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
 
 def test_init_status_and_missing_workspace(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    r = CliRunner().invoke(cli, ["init", str(ws), "--classes", "covid,pneumonia,normal", "--seed", "7"])
+    r = CliRunner().invoke(
+        cli, ["init", str(ws), "--classes", "covid,pneumonia,normal", "--seed", "7"]
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((ws / "camlabel.json").read_text())
     assert cfg["classes"] == ["covid", "pneumonia", "normal"] and cfg["seed"] == 7

@@ -41,5 +41,7 @@ def test_agreement() -> None:
 
 
 def test_unknown_rule_lists_valid_ones() -> None:
-    with pytest.raises(UsageError, match=r"supported rules: \['majority', 'union', 'intersection', 'latest'\]"):
+    with pytest.raises(
+        UsageError, match=r"supported rules: \['majority', 'union', 'intersection', 'latest'\]"
+    ):
         consensus.merge([np.zeros((1, 1), bool)], "vote")

@@ -41,20 +41,42 @@ def test_examples_validate_against_schema_and_parse() -> None:
         assert r.to_json() == d
     full = ImageRecord.from_json(json.loads(lines[1]))
     assert full.state == "masked"
-    assert full.mask is not None and full.mask.annotation_ids == ("labelstudio:41", "labelstudio:42")
+    assert full.mask is not None and full.mask.annotation_ids == (
+        "labelstudio:41",
+        "labelstudio:42",
+    )
 
 
 def test_record_round_trip_and_schema(tmp_path: Path) -> None:
     r = rec(
         1,
         label="covid",
-        preannotation=Preannotation(polygons=[{"exterior": [[0, 0], [4, 0], [4, 4]]}], source="truth", model_version="t"),
+        preannotation=Preannotation(
+            polygons=[{"exterior": [[0, 0], [4, 0], [4, 4]]}], source="truth", model_version="t"
+        ),
         jobs={"labelstudio": JobRef(backend="labelstudio", project="3", task="9")},
     )
     r = r.with_annotations(
-        [Annotation(backend="labelstudio", annotation_id="5", annotator="a", status="submitted", created_at="t", updated_at="t")]
+        [
+            Annotation(
+                backend="labelstudio",
+                annotation_id="5",
+                annotator="a",
+                status="submitted",
+                created_at="t",
+                updated_at="t",
+            )
+        ]
     )
-    r = r.evolve(mask=MaskInfo(path="masks/x.png", version=1, annotation_ids=("labelstudio:5",), consensus="majority", sha256="0" * 64))
+    r = r.evolve(
+        mask=MaskInfo(
+            path="masks/x.png",
+            version=1,
+            annotation_ids=("labelstudio:5",),
+            consensus="majority",
+            sha256="0" * 64,
+        )
+    )
     led = Ledger(tmp_path / "ledger.jsonl")
     led.put(r)
     line = json.loads((tmp_path / "ledger.jsonl").read_text())
@@ -71,15 +93,43 @@ def test_states_progress() -> None:
     assert r.state == "preannotated"
     r = r.with_job(JobRef(backend="labelstudio", project="1", task="2"))
     assert r.state == "pushed"
-    skip = Annotation(backend="labelstudio", annotation_id="1", annotator="a", status="skipped", created_at="t", updated_at="t")
+    skip = Annotation(
+        backend="labelstudio",
+        annotation_id="1",
+        annotator="a",
+        status="skipped",
+        created_at="t",
+        updated_at="t",
+    )
     assert r.with_annotations([skip]).state == "skipped"
-    sub = Annotation(backend="labelstudio", annotation_id="2", annotator="b", status="submitted", created_at="t", updated_at="t")
+    sub = Annotation(
+        backend="labelstudio",
+        annotation_id="2",
+        annotator="b",
+        status="submitted",
+        created_at="t",
+        updated_at="t",
+    )
     assert r.with_annotations([skip, sub]).state == "annotated"
 
 
 def test_with_annotations_never_duplicates() -> None:
-    a1 = Annotation(backend="labelstudio", annotation_id="1", annotator="a", status="submitted", created_at="t", updated_at="t1")
-    a1b = Annotation(backend="labelstudio", annotation_id="1", annotator="a", status="submitted", created_at="t", updated_at="t2")
+    a1 = Annotation(
+        backend="labelstudio",
+        annotation_id="1",
+        annotator="a",
+        status="submitted",
+        created_at="t",
+        updated_at="t1",
+    )
+    a1b = Annotation(
+        backend="labelstudio",
+        annotation_id="1",
+        annotator="a",
+        status="submitted",
+        created_at="t",
+        updated_at="t2",
+    )
     r = rec(3).with_annotations([a1]).with_annotations([a1b])
     assert len(r.annotations) == 1 and r.annotations[0].updated_at == "t2"
 
@@ -109,9 +159,18 @@ def test_invalid_records_rejected(bad: dict, needle: str) -> None:
 
 def test_bad_annotation_status_and_polygon() -> None:
     with pytest.raises(LedgerError, match="status must be one of"):
-        Annotation(backend="x", annotation_id="1", annotator="a", status="done", created_at="t", updated_at="t")
+        Annotation(
+            backend="x",
+            annotation_id="1",
+            annotator="a",
+            status="done",
+            created_at="t",
+            updated_at="t",
+        )
     with pytest.raises(LedgerError, match=">= 3 exterior points"):
-        Preannotation(polygons=[{"exterior": [[0, 0], [1, 1]]}], source="gradcam", model_version="m")
+        Preannotation(
+            polygons=[{"exterior": [[0, 0], [1, 1]]}], source="gradcam", model_version="m"
+        )
 
 
 def test_corrupt_line_gives_clear_error(tmp_path: Path) -> None:
@@ -124,7 +183,9 @@ def test_corrupt_line_gives_clear_error(tmp_path: Path) -> None:
         led.all()
 
 
-def test_crash_between_writes_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_writes_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crash inside the write (after the temp file exists, before rename) loses nothing."""
     p = tmp_path / "ledger.jsonl"
     led = Ledger(p)

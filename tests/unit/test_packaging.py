@@ -17,7 +17,18 @@ REPO = Path(__file__).resolve().parents[2]
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(REPO),
+        ],
         check=True,
         capture_output=True,
     )
@@ -38,7 +49,17 @@ def test_wheel_carries_templates_and_manifests(wheel: Path) -> None:
 def test_installed_wheel_works_from_another_directory(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
     )
@@ -51,11 +72,17 @@ def test_installed_wheel_works_from_another_directory(wheel: Path, tmp_path: Pat
         "print(template_path('labelstudio', 'lesion.xml').is_file(),"
         " json.loads(manifest_path('ledger.schema.json').read_text())['title'][:8])"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "camlabel"]
     r = subprocess.run(
-        [sys.executable, "-m", "camlabel", "init", "ws"], cwd=elsewhere, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "camlabel", "init", "ws"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert (elsewhere / "ws" / "camlabel.json").is_file()

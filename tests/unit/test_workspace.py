@@ -32,18 +32,22 @@ def test_register_is_idempotent_and_keyed_by_pixels(tmp_path: Path) -> None:
     assert [f[0] for f in failures] == [str(bad)]
     assert len({r.image_id for r in recs}) == 2  # a and its copy share a key
     assert len(ws.ledger.all()) == 2
-    recs2, _ = ws.register_images([a, b])
+    _recs2, _ = ws.register_images([a, b])
     assert len(ws.ledger.all()) == 2  # a re-run adds nothing
     ra = ws.ledger.get(recs[0].image_id)
     assert ra is not None and ra.label == "covid" and (ra.width, ra.height) == (30, 20)
     png = ws.abs(ra.display_path)
     assert png.name == f"{ra.image_id}.png"
-    assert np.array_equal(cv2.imread(str(png), cv2.IMREAD_UNCHANGED), cv2.imread(str(a), cv2.IMREAD_UNCHANGED))
+    assert np.array_equal(
+        cv2.imread(str(png), cv2.IMREAD_UNCHANGED), cv2.imread(str(a), cv2.IMREAD_UNCHANGED)
+    )
 
 
 def test_phantoms_and_status_cli(tmp_path: Path) -> None:
     out = tmp_path / "ph"
-    r = CliRunner().invoke(cli, ["phantoms", str(out), "--count", "6", "--seed", "3", "--size", "96"])
+    r = CliRunner().invoke(
+        cli, ["phantoms", str(out), "--count", "6", "--seed", "3", "--size", "96"]
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 6 phantoms" in r.output
     assert len(list((out / "images").rglob("*.png"))) == 6
