@@ -201,6 +201,7 @@ def train_classifier(
     patience: int = 10,
     backbones: Sequence[str] | None = None,
     dropout: float = 0.5,
+    bn_momentum: float | None = None,
     augment: bool = True,
     workspace: Workspace | None = None,
     progress: bool = True,
@@ -244,6 +245,7 @@ def train_classifier(
         weights=weights,
         dropout=dropout,
         freeze_fraction=freeze_fraction,
+        bn_momentum=bn_momentum,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
@@ -329,6 +331,7 @@ def train_classifier(
         "weights": str(weights),
         "freeze_fraction": freeze_fraction,
         "dropout": dropout,
+        "bn_momentum": bn_momentum,
         "epochs": epochs,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
@@ -370,6 +373,7 @@ def train_classifier(
                     "weights",
                     "freeze_fraction",
                     "dropout",
+                    "bn_momentum",
                     "epochs",
                     "batch_size",
                     "lr",

@@ -97,6 +97,12 @@ def _fmt(v: Any) -> str:
     "--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True
 )
 @click.option(
+    "--bn-momentum",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="BatchNorm momentum of the backbones [Keras: 0.99]; 0.9 when training from scratch on few images.",
+)
+@click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.2,
@@ -138,6 +144,7 @@ def train_cls(
     classes: str | None,
     backbones: str,
     dropout: float,
+    bn_momentum: float | None,
     val_fraction: float,
     patience: int,
     seed: int | None,
@@ -178,6 +185,7 @@ def train_cls(
         patience=patience,
         backbones=[b.strip() for b in backbones.split(",") if b.strip()],
         dropout=dropout,
+        bn_momentum=bn_momentum,
         augment=not no_augment,
         workspace=ws,
         progress=show_progress() and not as_json,

@@ -136,6 +136,10 @@ class EnsembleClassifier(keras.Model):
             :func:`build_ensemble`; this only fixes the graph.
         model_version: an identifier recorded with every prediction; a new one is
             generated when ``None``.
+        bn_momentum: momentum of every BatchNorm layer of the backbones (Keras's default
+            0.99 when ``None``). Training from scratch on a few hundred images gives too few
+            steps for 0.99: the inference statistics stay far from the data and validation
+            predictions collapse to one class; 0.9 fixes that.
         **kwargs: ``name``, ``trainable`` (passed to ``keras.Model``).
     """
 
@@ -148,11 +152,16 @@ class EnsembleClassifier(keras.Model):
         freeze_fraction: float = 0.0,
         pretrained: str | None = None,
         model_version: str | None = None,
+        bn_momentum: float | None = None,
         **kwargs: Any,
     ) -> None:
         classes = tuple(str(c) for c in classes)
         backbones = tuple(backbones)
         _check_args(classes, image_size, backbones, dropout, freeze_fraction, pretrained)
+        if bn_momentum is not None and not 0.0 < bn_momentum < 1.0:
+            raise ModelError(
+                f"`bn_momentum` must be in (0, 1). Received: bn_momentum={bn_momentum!r}"
+            )
 
         # === Functional model ===
         inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
@@ -170,6 +179,10 @@ class EnsembleClassifier(keras.Model):
             ]
             for layer in own[: int(freeze_fraction * len(own))]:
                 layer.trainable = False
+            if bn_momentum is not None:
+                for layer in own:
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        layer.momentum = float(bn_momentum)
             backbone_layers[name] = tuple(layer.name for layer in own)
             pooled.append(layers.GlobalAveragePooling2D(name=f"{name}_gap")(app.output))
         features = layers.Concatenate(name="features")(pooled) if len(pooled) > 1 else pooled[0]
@@ -186,6 +199,7 @@ class EnsembleClassifier(keras.Model):
         self.freeze_fraction = float(freeze_fraction)
         self.pretrained = pretrained
         self.model_version = model_version or new_model_version()
+        self.bn_momentum = None if bn_momentum is None else float(bn_momentum)
         self._backbone_layer_names = backbone_layers
 
     @property
@@ -213,6 +227,7 @@ class EnsembleClassifier(keras.Model):
             "freeze_fraction": self.freeze_fraction,
             "pretrained": self.pretrained,
             "model_version": self.model_version,
+            "bn_momentum": self.bn_momentum,
         }
 
     @classmethod
@@ -265,6 +280,7 @@ def build_ensemble(
     weights: str | Path | None = "none",
     dropout: float = 0.5,
     freeze_fraction: float = 0.0,
+    bn_momentum: float | None = None,
 ) -> EnsembleClassifier:
     """Build the ensemble and initialize its weights (see the module docstring for ``weights``).
 
@@ -275,7 +291,12 @@ def build_ensemble(
     w = "none" if weights is None else str(weights)
     if w == "none":
         return EnsembleClassifier(
-            classes, image_size, backbones, dropout=dropout, freeze_fraction=freeze_fraction
+            classes,
+            image_size,
+            backbones,
+            dropout=dropout,
+            freeze_fraction=freeze_fraction,
+            bn_momentum=bn_momentum,
         )
     if w == "imagenet" or Path(w).is_dir():
         model = EnsembleClassifier(
@@ -285,6 +306,7 @@ def build_ensemble(
             dropout=dropout,
             freeze_fraction=freeze_fraction,
             pretrained="imagenet",
+            bn_momentum=bn_momentum,
         )
         folder = None if w == "imagenet" else Path(w)
         for name in model.backbones:
@@ -311,12 +333,18 @@ def build_ensemble(
             dropout=dropout,
             freeze_fraction=freeze_fraction,
             pretrained=src.pretrained,
+            bn_momentum=bn_momentum,
         )
         model.set_weights(src.get_weights())
         return model
     if path.name.endswith(".weights.h5"):
         model = EnsembleClassifier(
-            classes, image_size, backbones, dropout=dropout, freeze_fraction=freeze_fraction
+            classes,
+            image_size,
+            backbones,
+            dropout=dropout,
+            freeze_fraction=freeze_fraction,
+            bn_momentum=bn_momentum,
         )
         try:
             model.load_weights(path)
