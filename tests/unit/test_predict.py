@@ -84,13 +84,18 @@ def test_a_normal_image_gets_no_mask(
     res = predict(
         models["normal"], models["segmenter"], [images["png"], other], out, progress=False
     )
-    item, second = res.items
+    # inputs are processed in sorted path order: the first "chest.png" keeps its stem, the
+    # second gets the image hash appended (whichever folder sorts first)
+    first, second = res.items
+    assert Path(first["overlay_path"]).name == "chest.overlay.png"
     assert Path(second["overlay_path"]).name == f"chest-{second['image_id'][:8]}.overlay.png"
+    (item,) = [i for i in res.items if Path(i["input"]) == images["png"]]
+    stem = Path(item["overlay_path"]).name.removesuffix(".overlay.png")
     assert item["predicted_class"] == "normal" and item["probability"] > 0.99
     assert item["segmented"] is False and item["mask_path"] is None
-    assert not (out / "chest.mask.png").exists()
-    assert _json(out, "chest") == item
-    overlay = cv2.imread(str(out / "chest.overlay.png"))
+    assert not list(out.glob("*.mask.png"))
+    assert _json(out, stem) == item
+    overlay = cv2.imread(str(out / f"{stem}.overlay.png"))
     assert overlay.shape == (70, 50, 3)
     body = overlay[20:]  # below the banner: the gray image, untinted
     assert (body[..., 0] == body[..., 2]).all()
