@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 LS_VENV := .venv-ls
 LS_VERSION := 1.23.2
-EXTRAS ?= dev
+EXTRAS ?= dev,sagemaker
 PIP_FLAGS ?= -q --disable-pip-version-check
 DEMO_WS ?= demo-workspace
 
