@@ -16,7 +16,7 @@ the weights):
   target logits with respect to the input image), same batch size — the cost of any
   gradient-based explanation. ``forward`` (compiled inference only) is reported for reference.
 
-Peak RSS is sampled (psutil, every 20 ms) during each mode. ``fused`` streams: each batch's
+Peak RSS is sampled (every 20 ms) during each mode. ``fused`` streams: each batch's
 heatmaps are reduced and dropped, as ``camlabel gradcam`` writes them out.
 """
 
@@ -39,24 +39,32 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _rss_bytes() -> int:
+    """Current RSS (psutil; else /proc/self/statm, Linux)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class PeakRSS:
     """Samples this process's RSS in a thread; ``peak_gb`` after the ``with`` block."""
 
     def __init__(self, interval: float = 0.02) -> None:
-        import psutil
-
-        self.proc = psutil.Process()
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, _rss_bytes())
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRSS:
-        self.peak = self.proc.memory_info().rss
+        self.peak = _rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -64,7 +72,7 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak = max(self.peak, _rss_bytes())
 
     @property
     def peak_gb(self) -> float:
@@ -72,9 +80,15 @@ class PeakRSS:
 
 
 def make_images(n_pool: int, size: int, seed: int) -> np.ndarray:
-    """A pool of phantom radiographs as model inputs (cycled to reach --images)."""
-    from camlabel.imaging import to_model_input
-    from camlabel.phantoms import render_phantom
+    """A pool of phantom radiographs as model inputs (cycled to reach --images); uniform noise
+    where OpenCV is not installed (e.g. a bare GPU machine: speed does not depend on content)."""
+    try:
+        from camlabel.imaging import to_model_input
+        from camlabel.phantoms import render_phantom
+    except ImportError:
+        return (
+            np.random.default_rng(seed).uniform(0, 255, (n_pool, size, size, 3)).astype(np.float32)
+        )
 
     rng = np.random.default_rng(seed)
     out = []

@@ -174,8 +174,15 @@ def image_grid(
         oy, ox = (tile - t.shape[0]) // 2, (tile - t.shape[1]) // 2
         img[y + oy : y + oy + t.shape[0], x + ox : x + ox + t.shape[1]] = t
         if k < len(captions):
-            _text(img, captions[k][:40], (x + 4, y + tile + 16), 0.4)
+            _text(img, _fit(captions[k], tile - 8, 0.4), (x + 4, y + tile + 16), 0.4)
     return img
+
+
+def _fit(text: str, width: int, scale: float) -> str:
+    """``text`` shortened from the left ("...tail") until it fits ``width`` pixels."""
+    while text and cv2.getTextSize(text, _FONT, scale, 1)[0][0] > width:
+        text = "..." + text[4:] if text.startswith("...") else "..." + text[1:]
+    return text
 
 
 def save_png(path: str | Path, bgr: np.ndarray) -> Path:

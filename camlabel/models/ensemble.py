@@ -299,6 +299,13 @@ def build_ensemble(
             bn_momentum=bn_momentum,
         )
     if w == "imagenet" or Path(w).is_dir():
+        missing = [b for b in backbones if not get_backbone_spec(b).imagenet_file]
+        if missing:
+            raise ModelError(
+                f"no ImageNet weights exist for the backbones {missing}. Received: weights={w!r}",
+                hint="use --weights none with them, or the full backbones "
+                "densenet121, efficientnetb0, vgg19",
+            )
         model = EnsembleClassifier(
             classes,
             image_size,
