@@ -1041,6 +1041,7 @@ def run_audit(
     data: str | Path | Sequence[str | Path],
     *,
     lung_masks: str | Path | None = None,
+    lung_model: str | Path | None = None,
     method: str = "gradcam",
     fusion: str = "normalize-mean",
     batch_size: int = 8,
@@ -1060,6 +1061,10 @@ def run_audit(
     width and height on each side; its area share is ``border_area_share``). An image is
     ``flagged`` when its lung energy share is below ``outside_threshold`` (the CAM lies
     mostly outside the lungs); images without a lung mask are never flagged.
+
+    ``lung_model`` (a lung segmenter trained with ``camlabel train-seg`` / train_seg.py, e.g. on
+    annotated lung fields) gives the lung field of every image that ``lung_masks`` does not
+    cover; such rows say ``"lung_source": "segmenter"`` and name the model in ``lung_mask``.
 
     Writes ``audit.json`` and ``audit_worst.png`` (the ``worst`` images with the lowest lung
     share — or, without masks, the highest border share — with CAM overlay and lung
@@ -1084,6 +1089,11 @@ def run_audit(
         if not Path(lung_masks).is_dir():
             raise UsageError(f"--lung-masks must be a folder. Received: {lung_masks}")
         by_rel, by_stem = _index_masks(Path(lung_masks))
+    lung_seg = None
+    if lung_model is not None:
+        from camlabel.segment import load_segmenter
+
+        lung_seg = load_segmenter(lung_model)
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
     heap: list[tuple[float, int, np.ndarray, str]] = []  # (-badness, tiebreak, tile, caption)
@@ -1120,6 +1130,7 @@ def run_audit(
                     if total > 0
                     else None,
                     "lung_mask": None,
+                    "lung_source": None,
                     "lung_energy_share": None,
                     "lung_area_share": None,
                     "lung_enrichment": None,
@@ -1129,8 +1140,16 @@ def run_audit(
                 mask_path = find_lung_mask(rel, by_rel, by_stem) if by_rel else None
                 if mask_path is not None:
                     lung = read_lung_mask(mask_path, img.height, img.width)
-                    area = float(lung.mean())
                     row["lung_mask"] = str(mask_path)
+                    row["lung_source"] = "mask"
+                elif lung_seg is not None:
+                    from camlabel.segment import segment_probability
+
+                    lung = segment_probability(lung_seg, [img])[0] >= lung_seg.threshold
+                    row["lung_mask"] = f"segmenter:{lung_seg.path}"
+                    row["lung_source"] = "segmenter"
+                if lung is not None:
+                    area = float(lung.mean())
                     row["lung_area_share"] = round(area, 4)
                     if total > 0:
                         share = float(heat[lung].sum()) / total
@@ -1200,6 +1219,7 @@ def run_audit(
         "method": method,
         "fusion": fusion,
         "lung_masks": str(Path(lung_masks).resolve()) if lung_masks else None,
+        "lung_model": str(Path(lung_model).resolve()) if lung_model else None,
         "border_fraction": border_fraction,
         "border_area_share": round(float(1 - (1 - 2 * border_fraction) ** 2), 4),
         "outside_threshold": outside_threshold,

@@ -121,6 +121,7 @@ def train_segmenter(
     epochs: int = PAPER_EPOCHS,
     batch_size: int = PAPER_BATCH,
     lr: float = PAPER_LR,
+    lr_schedule: str = "constant",
     image_size: int | None = None,
     min_masks: int = DEFAULT_MIN_MASKS,
     val_fraction: float = 0.2,
@@ -139,6 +140,7 @@ def train_segmenter(
         on: ``"local"`` (this machine: a GPU when one is visible, else the CPU) or
             ``"sagemaker"`` (needs ``sagemaker`` settings and the SDK extra).
         epochs, batch_size, lr: the paper's 40 / 30 / 1e-4 by default.
+        lr_schedule: ``"constant"`` (the paper) or ``"cosine"`` (decay to 1 % over the run).
         image_size: letterbox side; default the workspace's ``seg_image_size``.
         min_masks: refuse to train on fewer masked images.
         model_overrides: Tiramisu sizes passed as hyperparameters, e.g.
@@ -172,6 +174,7 @@ def train_segmenter(
         "epochs": epochs,
         "batch-size": batch_size,
         "lr": lr,
+        "lr-schedule": lr_schedule,
         "image-size": size,
         "seed": seed,
         "patience": patience,

@@ -364,6 +364,12 @@ def gradcam(
     default=None,
     help="Folder of lung masks matched by relative path or file name (lung = 255).",
 )
+@click.option(
+    "--lung-model",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A lung segmenter (train-seg model folder) for the images --lung-masks does not cover.",
+)
 @click.option("--method", type=click.Choice(CAM_METHOD_NAMES), default="gradcam", show_default=True)
 @click.option(
     "--fusion", type=click.Choice(FUSION_NAMES), default="normalize-mean", show_default=True
@@ -404,6 +410,7 @@ def audit(
     model: Path,
     data: tuple[Path, ...],
     lung_masks: Path | None,
+    lung_model: Path | None,
     method: str,
     fusion: str,
     batch_size: int,
@@ -428,6 +435,7 @@ def audit(
         model,
         list(data),
         lung_masks=lung_masks,
+        lung_model=lung_model,
         method=method,
         fusion=fusion,
         batch_size=batch_size,

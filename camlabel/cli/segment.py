@@ -50,6 +50,13 @@ from camlabel.cli.common import (
     help="Adam learning rate (the paper: 1e-4).",
 )
 @click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="constant (the paper) or cosine decay over the run (steadier on few masks).",
+)
+@click.option(
     "--image-size",
     type=click.IntRange(min=32),
     default=None,
@@ -109,6 +116,7 @@ def train_seg(
     epochs: int,
     batch_size: int,
     lr: float,
+    lr_schedule: str,
     image_size: int | None,
     arch: str,
     min_masks: int,
@@ -180,6 +188,7 @@ def train_seg(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        lr_schedule=lr_schedule,
         image_size=image_size,
         min_masks=min_masks,
         val_fraction=val_fraction,

@@ -169,6 +169,7 @@ def test_train_seg_on_sagemaker_creates_the_job_uploads_and_downloads(
         "epochs": "40",
         "batch-size": "30",
         "lr": "0.0001",
+        "lr-schedule": "constant",
         "image-size": "64",
         "seed": "1234",
         "patience": "10",

@@ -322,3 +322,56 @@ def test_audit_shares_on_a_known_map() -> None:
     assert band[:10].all() and band[90:].all() and band[:, :5].all() and band[:, 45:].all()
     assert not band[10:90, 5:45].any()
     assert band.mean() == pytest.approx(1 - 0.8 * 0.8)
+
+
+def test_audit_takes_the_lung_field_from_a_segmenter_where_no_mask_exists(
+    phantoms: Path, tmp_path: Path, model_path: Path
+) -> None:
+    """Lung masks for the covid images only; a segmenter that says "lung" everywhere for the
+    rest: those rows get the whole image as lung field (energy share 1.0), the others their mask."""
+    import shutil
+
+    from camlabel.models.tiramisu import Tiramisu
+
+    masks = tmp_path / "lungs"
+    shutil.copytree(phantoms / "lung_masks" / "covid", masks / "covid")
+    seg = Tiramisu(growth_rate=4, initial_filters=8, down_blocks=(2, 2), bottleneck_layers=2)
+    conv = seg.get_layer("head_conv")
+    k, _ = conv.get_weights()
+    conv.set_weights([np.zeros_like(k), np.full((1,), 6.0, np.float32)])  # p = 0.9975 everywhere
+    seg_dir = tmp_path / "lung-seg"
+    seg_dir.mkdir()
+    seg.save(seg_dir / "model.keras")
+    (seg_dir / "model_info.json").write_text(json.dumps({"image_size": 32, "threshold": 0.5}))
+
+    r = CliRunner().invoke(
+        cli,
+        [
+            "audit",
+            str(model_path),
+            str(phantoms / "metadata.csv"),
+            "--lung-masks",
+            str(masks),
+            "--lung-model",
+            str(seg_dir),
+            "--worst",
+            "0",
+            "--out",
+            str(tmp_path / "audit"),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    a = _json(r)
+    assert a["lung_model"] == str(seg_dir.resolve())
+    rows = a["images"]
+    assert a["overall"]["with_lung_mask"] == len(rows) == 9
+    by_source = {row["file"]: row["lung_source"] for row in rows}
+    for row in rows:
+        if row["label"] == "covid":
+            assert row["lung_source"] == "mask" and row["lung_area_share"] < 0.9
+        else:
+            assert row["lung_source"] == "segmenter", by_source
+            assert row["lung_mask"].startswith("segmenter:")
+            assert row["lung_area_share"] == 1.0 and row["lung_energy_share"] == 1.0
+            assert row["flagged"] is False

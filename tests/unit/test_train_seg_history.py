@@ -1,0 +1,45 @@
+"""train_seg.read_history survives what an interrupted, resumed run leaves in history.csv."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _train_seg():
+    spec = importlib.util.spec_from_file_location(
+        "train_seg_mod", ROOT / "training" / "train_seg.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_seg_mod"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_history_skips_nul_padding_torn_lines_and_repeated_epochs(tmp_path: Path) -> None:
+    ts = _train_seg()
+    path = tmp_path / "history.csv"
+    path.write_bytes(
+        b"epoch,dice,val_dice\n"
+        b"0,0.1,0.05\n"
+        b"1,0.2,0.10\n"
+        b"2,0.3,0.1"  # torn line: the process was killed here ...
+        + b"\x00"
+        * 64  # ... and the filesystem padded the block with NULs
+        + b"\n1,0.25,0.12\n"  # the resumed run redoes epoch 1 (BackupAndRestore)
+        b"2,0.35,0.20\n"
+        b"3,0.4,0.30\n"
+        b"4,oops,0.1\n"  # unparsable row
+    )
+    hist = ts.read_history(path)
+    assert hist["epoch"] == [0.0, 1.0, 2.0, 3.0]
+    assert hist["dice"] == [0.1, 0.25, 0.35, 0.4]
+    assert hist["val_dice"] == [0.05, 0.12, 0.2, 0.3]
+
+
+def test_history_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert _train_seg().read_history(tmp_path / "none.csv") == {}
