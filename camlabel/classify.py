@@ -1036,6 +1036,22 @@ def _summarize(rows: Sequence[Mapping[str, Any]], outside_threshold: float) -> d
     }
 
 
+def lung_field(mask: np.ndarray, keep: int = 2, min_share: float = 0.1) -> np.ndarray:
+    """A segmenter's lung mask cleaned the way a lung field is shaped: the ``keep`` largest
+    connected components (two lungs), each at least ``min_share`` of the largest; stray
+    islands (a bowel gas bubble, a shoulder) are dropped."""
+    import cv2
+
+    m = np.asarray(mask, dtype=bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return m
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = np.argsort(areas)[::-1][:keep]
+    kept = [int(i) + 1 for i in order if areas[i] >= min_share * areas[order[0]]]
+    return np.isin(labels, kept)
+
+
 def run_audit(
     model_path: str | Path,
     data: str | Path | Sequence[str | Path],
@@ -1145,7 +1161,7 @@ def run_audit(
                 elif lung_seg is not None:
                     from camlabel.segment import segment_probability
 
-                    lung = segment_probability(lung_seg, [img])[0] >= lung_seg.threshold
+                    lung = lung_field(segment_probability(lung_seg, [img])[0] >= lung_seg.threshold)
                     row["lung_mask"] = f"segmenter:{lung_seg.path}"
                     row["lung_source"] = "segmenter"
                 if lung is not None:

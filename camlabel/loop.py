@@ -106,6 +106,10 @@ class PullSummary:
     new_annotations: int = 0
     masks_written: int = 0
     masks_unchanged: int = 0
+    #: annotations that were in the ledger but are gone from the labeling tool
+    deleted_annotations: int = 0
+    #: images whose mask was withdrawn because the annotations it came from were deleted
+    masks_withdrawn: list[str] = field(default_factory=list)
     waiting_for_annotations: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     unannotated: list[str] = field(default_factory=list)
@@ -118,6 +122,8 @@ class PullSummary:
             "new_annotations": self.new_annotations,
             "masks_written": self.masks_written,
             "masks_unchanged": self.masks_unchanged,
+            "deleted_annotations": self.deleted_annotations,
+            "masks_withdrawn": len(self.masks_withdrawn),
             "waiting_for_annotations": len(self.waiting_for_annotations),
             "skipped": len(self.skipped),
             "unannotated": len(self.unannotated),
@@ -173,7 +179,9 @@ def pull_masks(
                 )
                 continue
             try:
-                new_rec = _apply_outcome(ws, rec, outcome, rule, k, summary)
+                new_rec = _apply_outcome(
+                    ws, rec, outcome, rule, k, summary, deletions=be.lists_all_annotations
+                )
             except AnnotationError as exc:
                 summary.failed.append(
                     (f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message)
@@ -200,13 +208,24 @@ def pull_masks(
 
 
 def _apply_outcome(
-    ws: Workspace, rec: ImageRecord, outcome: TaskOutcome, rule: str, k: int, summary: PullSummary
+    ws: Workspace,
+    rec: ImageRecord,
+    outcome: TaskOutcome,
+    rule: str,
+    k: int,
+    summary: PullSummary,
+    *,
+    deletions: bool = False,
 ) -> ImageRecord:
     from camlabel.imaging import write_png_atomic
 
     if outcome.status == "failed":
         summary.failed.append((rec.image_id[:12], outcome.message or "failed on the backend"))
         return rec
+    rec, deleted = _mark_deleted(rec, outcome) if deletions else (rec, 0)
+    summary.deleted_annotations += deleted
+    if deleted:
+        rec = _after_deletion(ws, rec, rule, k, summary)
     if outcome.status == "unannotated":
         summary.unannotated.append(rec.image_id)
         return rec
@@ -245,6 +264,43 @@ def _apply_outcome(
         summary.skipped.append(rec.image_id)
         return rec
     return _remerge(ws, rec, rule, k, summary)
+
+
+def _mark_deleted(rec: ImageRecord, outcome: TaskOutcome) -> tuple[ImageRecord, int]:
+    """Annotations of this task that the ledger holds but the backend no longer lists.
+
+    An outcome lists every annotation the task has now (Label Studio: the task's
+    annotations; Ground Truth: the item's worker responses), so one missing from it was
+    deleted in the labeling tool. It stays in the ledger, marked ``deleted`` (the history is
+    kept), and no longer counts for the consensus.
+    """
+    backend = outcome.job.backend
+    present = {r.annotation.annotation_id for r in outcome.annotations}
+    gone = [
+        a
+        for a in rec.annotations
+        if a.backend == backend and a.status != "deleted" and a.annotation_id not in present
+    ]
+    if not gone:
+        return rec, 0
+    return rec.with_annotations([_replace(a, status="deleted") for a in gone]), len(gone)
+
+
+def _after_deletion(
+    ws: Workspace, rec: ImageRecord, rule: str, k: int, summary: PullSummary
+) -> ImageRecord:
+    """Recompute the mask without the deleted annotations, or withdraw it when too few remain.
+
+    A withdrawn mask leaves the ledger record (the image goes back to waiting for
+    annotations, and train-seg no longer uses it); its versioned file stays on disk.
+    """
+    if rec.mask is None:
+        return rec
+    submitted = [a for a in rec.annotations if a.status == "submitted" and a.raster_path]
+    if len(submitted) >= k:
+        return _remerge(ws, rec, rule, k, summary)
+    summary.masks_withdrawn.append(rec.image_id)
+    return rec.evolve(mask=None)
 
 
 def _remerge(
@@ -330,7 +386,7 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         for name in r.jobs:
             b = backends.setdefault(name, {"tasks": 0, "annotated": 0, "skipped": 0})
             b["tasks"] += 1
-            anns = [a for a in r.annotations if a.backend == name]
+            anns = [a for a in r.annotations if a.backend == name and a.status != "deleted"]
             if any(a.status == "submitted" for a in anns):
                 b["annotated"] += 1
             elif anns:

@@ -21,7 +21,7 @@ from camlabel.errors import LedgerError
 SCHEMA_VERSION = 1
 
 AnnotationStatus = Literal["submitted", "skipped", "cancelled"]
-ANNOTATION_STATUSES: tuple[str, ...] = ("submitted", "skipped", "cancelled")
+ANNOTATION_STATUSES: tuple[str, ...] = ("submitted", "skipped", "cancelled", "deleted")
 STATES: tuple[str, ...] = (
     "registered",
     "preannotated",
@@ -261,7 +261,7 @@ class ImageRecord(_Record):
             return "masked"
         if any(a.status == "submitted" for a in self.annotations):
             return "annotated"
-        if self.annotations:
+        if any(a.status != "deleted" for a in self.annotations):
             return "skipped"
         if self.jobs:
             return "pushed"

@@ -103,6 +103,10 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: True when each outcome lists *every* annotation its task has now, so an annotation
+    #: the ledger holds but the outcome lacks was deleted in the labeling tool (Label
+    #: Studio). Ground Truth's output manifests are append-only: nothing is ever deleted.
+    lists_all_annotations: ClassVar[bool] = False
 
     def __init__(self, workspace: Workspace, **options: Any) -> None:
         self.workspace = workspace

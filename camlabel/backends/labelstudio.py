@@ -172,6 +172,7 @@ class LabelStudioBackend(Backend):
     """
 
     name: ClassVar[str] = "labelstudio"
+    lists_all_annotations: ClassVar[bool] = True
 
     def __init__(
         self,

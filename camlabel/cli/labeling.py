@@ -170,6 +170,11 @@ def pull_masks(
             f"{backend}: {s.tasks} task(s) read, {s.new_annotations} new/updated annotation(s), "
             f"{s.masks_written} mask(s) written, {s.masks_unchanged} unchanged"
         )
+        if s.deleted_annotations:
+            click.echo(
+                f"  {s.deleted_annotations} annotation(s) deleted in the labeling tool; "
+                f"{len(s.masks_withdrawn)} mask(s) withdrawn (too few annotations left)"
+            )
         if s.skipped:
             click.echo(f"  {len(s.skipped)} task(s) skipped by annotators (no mask)")
         if s.unannotated:

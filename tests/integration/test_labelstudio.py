@@ -285,6 +285,74 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
     )
 
 
+@pytest.mark.server
+def test_annotations_deleted_in_label_studio_leave_the_masks(
+    ls_server: LSServer, tmp_path: Path
+) -> None:
+    """Two annotators on A, one on B; pull. Delete one of A's and B's only annotation; pull:
+    A's mask is recomputed from the one left, B's is withdrawn, both deleted annotations stay
+    in the ledger marked deleted; a third pull changes nothing."""
+    ws, _records = phantom_workspace(tmp_path, 2, size=80, seed=5)
+    ws.config["labelstudio"]["project_title"] = f"delete-{uuid.uuid4().hex[:8]}"
+    opts = ls_server.options(cursor_margin_s=0)
+    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    ls = ls_server.sdk()
+    tasks = {t["data"]["camlabel_image_id"]: t for t in _project_tasks(ls_server, report.project)}
+    rec_a, rec_b = sorted(ws.ledger.all(), key=lambda r: r.image_id)
+    tag = uuid.uuid4().hex[:6]
+    u2 = ls.users.create(
+        username=f"del2-{tag}", email=f"del2-{tag}@example.org", password="pw-del2-" + tag
+    )
+    box1 = [[10.2, 10.3], [50.6, 10.3], [50.6, 50.7], [10.2, 50.7]]
+    box2 = [[20.1, 20.4], [60.3, 20.4], [60.3, 60.2], [20.1, 60.2]]
+    box3 = [[5.5, 30.2], [40.4, 30.2], [22.8, 70.1]]
+
+    def create(rec, pts, **kw) -> str:
+        res = [polygon_result(pts, rec.width, rec.height)]
+        return str(ls.annotations.create(id=tasks[rec.image_id]["id"], result=res, **kw).id)
+
+    a1 = create(rec_a, box1)
+    a2 = create(rec_a, box2, completed_by=u2.id)
+    b1 = create(rec_b, box3)
+    first = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="union", progress=False)
+    assert first.masks_written == 2 and first.deleted_annotations == 0
+    got_a = ws.ledger.get(rec_a.image_id)
+    assert got_a is not None and got_a.mask is not None and got_a.mask.version == 1
+    want_union = rasterize_centres([box1], rec_a.height, rec_a.width) | rasterize_centres(
+        [box2], rec_a.height, rec_a.width
+    )
+    assert np.array_equal(read_mask_png(ws.abs(got_a.mask.path)), want_union)
+
+    time.sleep(1.1)
+    ls.annotations.delete(id=int(a2))
+    ls.annotations.delete(id=int(b1))
+    second = loop.pull_masks(
+        ws, "labelstudio", options=opts, consensus_rule="union", progress=False
+    )
+    assert second.deleted_annotations == 2, second.to_json()
+    assert second.masks_withdrawn == [rec_b.image_id]
+    got_a = ws.ledger.get(rec_a.image_id)
+    got_b = ws.ledger.get(rec_b.image_id)
+    assert got_a is not None and got_b is not None
+    status_a = {a.annotation_id: a.status for a in got_a.annotations}
+    assert status_a == {a1: "submitted", a2: "deleted"}
+    assert got_a.mask is not None and got_a.mask.version == 2
+    assert got_a.mask.annotation_ids == (f"labelstudio:{a1}",)
+    assert np.array_equal(
+        read_mask_png(ws.abs(got_a.mask.path)),
+        rasterize_centres([box1], rec_a.height, rec_a.width),
+    )
+    assert got_b.mask is None and [a.status for a in got_b.annotations] == ["deleted"]
+    assert got_b.state == "pushed"
+    assert (ws.root / "masks" / f"{rec_b.image_id}-v1.png").is_file()  # history kept on disk
+    st = loop.workspace_status(ws)
+    assert st["masks"]["count"] == 1
+
+    third = loop.pull_masks(ws, "labelstudio", options=opts, consensus_rule="union", progress=False)
+    assert third.deleted_annotations == 0 and third.masks_written == 0
+    assert ws.ledger.get(rec_a.image_id) == got_a and ws.ledger.get(rec_b.image_id) == got_b
+
+
 # --------------------------------------------------------------------------- reliability
 @pytest.mark.server
 def test_push_interrupted_by_a_server_stop_resumes_without_duplicates(

@@ -375,3 +375,21 @@ def test_audit_takes_the_lung_field_from_a_segmenter_where_no_mask_exists(
             assert row["lung_mask"].startswith("segmenter:")
             assert row["lung_area_share"] == 1.0 and row["lung_energy_share"] == 1.0
             assert row["flagged"] is False
+
+
+def test_lung_field_keeps_the_two_lungs_and_drops_islands() -> None:
+    from camlabel.classify import lung_field
+
+    m = np.zeros((60, 80), bool)
+    m[10:50, 5:30] = True  # right lung, 1000 px
+    m[12:50, 45:70] = True  # left lung, 950 px
+    m[2:5, 36:40] = True  # an island of 12 px
+    m[55:58, 2:4] = True  # another
+    out = lung_field(m)
+    assert out.sum() == 1000 + 950
+    assert out[10:50, 5:30].all() and out[12:50, 45:70].all() and not out[2:5, 36:40].any()
+    one = np.zeros((20, 20), bool)
+    one[5:15, 5:15] = True
+    one[0, 0] = True
+    assert lung_field(one).sum() == 100  # a single lung plus a speck: the speck goes
+    assert not lung_field(np.zeros((4, 4), bool)).any()
