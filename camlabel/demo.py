@@ -48,7 +48,7 @@ class DemoSettings:
     cls_batch_size: int = 16
     cls_lr: float = 1e-3
     seg_image_size: int = 128
-    seg_epochs: int = 40
+    seg_epochs: int = 60
     seg_batch_size: int = 8
     seg_lr: float = 2e-3
     #: cosine decay and no early stopping: on ~40 masks the validation Dice of the first

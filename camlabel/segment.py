@@ -301,7 +301,16 @@ def load_segmenter(path: str | Path) -> Segmenter:
         side = file.parent / name
         if side.is_file():
             info.update(json.loads(side.read_text(encoding="utf-8")))
-    size = int(info.get("image_size") or getattr(model, "image_size", None) or 256)
+    size_known = info.get("image_size") or getattr(model, "image_size", None)
+    if not size_known:
+        # A fully convolutional Tiramisu runs at any size, but only the training size gives
+        # its accuracy: a guess would give plausible-looking, wrong masks.
+        raise ModelError(
+            f"{file}: the segmenter's training image size is unknown (no model_info.json or "
+            f"{SIDECAR} beside it, and the model accepts any input size)",
+            hint=f'write {file.parent / "model_info.json"} as {{"image_size": <training size>}}',
+        )
+    size = int(size_known)
     threshold = float(info.get("threshold", 0.5))
     return Segmenter(model=model, image_size=size, threshold=threshold, path=file, info=info)
 

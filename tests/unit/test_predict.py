@@ -165,6 +165,24 @@ def test_load_segmenter_refuses_a_classifier(models: dict[str, Path]) -> None:
         load_segmenter(models["covid"].parent / "nothing-here")
 
 
+def test_load_segmenter_refuses_to_guess_the_training_size(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A bare model.keras of a size-agnostic Tiramisu: the size is not guessed."""
+    import shutil
+
+    from camlabel.errors import ModelError
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copyfile(models["segmenter"] / "model.keras", bare / "model.keras")
+    with pytest.raises(ModelError, match="training image size is unknown") as exc:
+        load_segmenter(bare)
+    assert "model_info.json" in (exc.value.hint or "")
+    (bare / "model_info.json").write_text(json.dumps({"image_size": 48}))
+    assert load_segmenter(bare).image_size == 48
+
+
 def test_cli_predict(models: dict[str, Path], images: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "cli-out"
     r = CliRunner().invoke(
