@@ -224,11 +224,9 @@ def _apply_outcome(
         return rec
     rec, deleted = _mark_deleted(rec, outcome) if deletions else (rec, 0)
     summary.deleted_annotations += deleted
-    if deleted:
-        rec = _after_deletion(ws, rec, rule, k, summary)
     if outcome.status == "unannotated":
         summary.unannotated.append(rec.image_id)
-        return rec
+        return _after_deletion(ws, rec, rule, k, summary) if deleted else rec
     new_anns: list[Annotation] = []
     for res in outcome.annotations:
         ann = res.annotation
@@ -262,7 +260,9 @@ def _apply_outcome(
         rec = rec.with_annotations(new_anns)
     if outcome.status == "skipped" and not any(a.status == "submitted" for a in rec.annotations):
         summary.skipped.append(rec.image_id)
-        return rec
+        return _after_deletion(ws, rec, rule, k, summary) if deleted else rec
+    if deleted:  # one new mask version for the deletions and any new annotations together
+        return _after_deletion(ws, rec, rule, k, summary)
     return _remerge(ws, rec, rule, k, summary)
 
 
@@ -294,11 +294,11 @@ def _after_deletion(
     A withdrawn mask leaves the ledger record (the image goes back to waiting for
     annotations, and train-seg no longer uses it); its versioned file stays on disk.
     """
-    if rec.mask is None:
-        return rec
     submitted = [a for a in rec.annotations if a.status == "submitted" and a.raster_path]
     if len(submitted) >= k:
         return _remerge(ws, rec, rule, k, summary)
+    if rec.mask is None:
+        return rec
     summary.masks_withdrawn.append(rec.image_id)
     return rec.evolve(mask=None)
 

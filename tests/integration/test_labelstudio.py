@@ -289,9 +289,9 @@ def test_pull_masks_match_an_independent_rasterization(ls_server: LSServer, tmp_
 def test_annotations_deleted_in_label_studio_leave_the_masks(
     ls_server: LSServer, tmp_path: Path
 ) -> None:
-    """Two annotators on A, one on B; pull. Delete one of A's and B's only annotation; pull:
-    A's mask is recomputed from the one left, B's is withdrawn, both deleted annotations stay
-    in the ledger marked deleted; a third pull changes nothing."""
+    """Two annotators on A, one on B; pull. Delete one of A's and B's only annotation, add a
+    new one on A; pull: A's mask is recomputed once from what is there now, B's is withdrawn,
+    both deleted annotations stay in the ledger marked deleted; a third pull changes nothing."""
     ws, _records = phantom_workspace(tmp_path, 2, size=80, seed=5)
     ws.config["labelstudio"]["project_title"] = f"delete-{uuid.uuid4().hex[:8]}"
     opts = ls_server.options(cursor_margin_s=0)
@@ -326,21 +326,25 @@ def test_annotations_deleted_in_label_studio_leave_the_masks(
     time.sleep(1.1)
     ls.annotations.delete(id=int(a2))
     ls.annotations.delete(id=int(b1))
+    a3 = create(rec_a, box3)  # and a new one on A in the same round
     second = loop.pull_masks(
         ws, "labelstudio", options=opts, consensus_rule="union", progress=False
     )
     assert second.deleted_annotations == 2, second.to_json()
     assert second.masks_withdrawn == [rec_b.image_id]
+    assert second.masks_written == 1 and second.new_annotations == 1
     got_a = ws.ledger.get(rec_a.image_id)
     got_b = ws.ledger.get(rec_b.image_id)
     assert got_a is not None and got_b is not None
     status_a = {a.annotation_id: a.status for a in got_a.annotations}
-    assert status_a == {a1: "submitted", a2: "deleted"}
+    assert status_a == {a1: "submitted", a2: "deleted", a3: "submitted"}
+    # one new version for the deletion and the new annotation together
     assert got_a.mask is not None and got_a.mask.version == 2
-    assert got_a.mask.annotation_ids == (f"labelstudio:{a1}",)
+    assert got_a.mask.annotation_ids == tuple(sorted([f"labelstudio:{a1}", f"labelstudio:{a3}"]))
     assert np.array_equal(
         read_mask_png(ws.abs(got_a.mask.path)),
-        rasterize_centres([box1], rec_a.height, rec_a.width),
+        rasterize_centres([box1], rec_a.height, rec_a.width)
+        | rasterize_centres([box3], rec_a.height, rec_a.width),
     )
     assert got_b.mask is None and [a.status for a in got_b.annotations] == ["deleted"]
     assert got_b.state == "pushed"
