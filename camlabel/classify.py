@@ -783,8 +783,8 @@ def run_gradcam(
     images predicted as a lesion class (``ws.lesion_classes``), or all with ``all_images`` —
     ``preannotation`` (polygons in original-image pixels, source = method).
 
-    Resumable: images whose ledger heatmap has this model version and method (and whose
-    file exists) are skipped; the ledger is written after every batch. An existing
+    Resumable: images whose ledger heatmap has this model version, method and fusion (and
+    whose file exists) are skipped; the ledger is written after every batch. An existing
     pre-annotation is replaced only while the image is not yet pushed or annotated, and
     only if it came from a CAM method. Unreadable images are reported in ``failures``.
     """
@@ -821,6 +821,7 @@ def run_gradcam(
             hm is not None
             and hm.model_version == clf.model_version
             and hm.method == method_name
+            and hm.fusion == str(settings["fusion"])
             and ws.abs(hm.path).is_file()
         ):
             summary.skipped += 1

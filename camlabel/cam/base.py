@@ -10,7 +10,13 @@ For each target layer ``l`` (one per backbone of the ensemble):
 3. ``cam_l = ReLU(sum_c w_l[c] * A_l[..., c])`` at the layer's resolution;
 4. bilinear upsampling (half-pixel centres) to the model input size;
 5. fusion across layers (:data:`FUSIONS`): ``"normalize-mean"`` (default) scales each
-   map to ``[0, 1]`` (min-max, per image) and averages; ``"sum"`` adds the raw maps.
+   map to ``[0, 1]`` (min-max, per image) and averages; ``"sum"`` adds the raw maps;
+   ``"contribution"`` adds the raw maps each multiplied by its layer's number of cells
+   ``h_l * w_l``. Why: with a global-average-pooling + dense head (the ensemble's), Grad-CAM's
+   weight is ``w_c = W[c, k] / (h_l * w_l)``, so ``h_l * w_l * cam_l`` (before the ReLU)
+   averages over the image to exactly that backbone's share of the class score. A backbone
+   that does not drive the decision then does not drive the map, whatever its resolution
+   ("normalize-mean" gives it an equal say; "sum" under-weights fine maps by their cell count).
    The fused map is then min-max scaled to ``[0, 1]`` so that one threshold fits all.
 
 Steps 1-5 run for the whole batch in one compiled function (``tf.function`` with a fixed
@@ -31,7 +37,7 @@ from keras import ops
 from camlabel.cam._gradients import CamFn, compile_cam_function
 from camlabel.errors import ModelError
 
-FUSIONS = ("normalize-mean", "sum")
+FUSIONS = ("normalize-mean", "sum", "contribution")
 _EPS = 1e-7
 
 
@@ -64,12 +70,23 @@ def minmax(maps: Any) -> Any:
     return (maps - lo) / (hi - lo + _EPS)
 
 
-def fuse_maps(maps: Sequence[Any], fusion: str) -> Any:
-    """Fuse same-size ``(B, H, W)`` maps (see the module docstring)."""
+def fuse_maps(maps: Sequence[Any], fusion: str, cells: Sequence[int] | None = None) -> Any:
+    """Fuse same-size ``(B, H, W)`` maps (see the module docstring).
+
+    ``cells``: for ``"contribution"``, each map's number of cells at its layer's own
+    resolution (``h_l * w_l``), in the order of ``maps``.
+    """
     if fusion == "normalize-mean":
         fused = ops.mean(ops.stack([minmax(m) for m in maps], axis=0), axis=0)
     elif fusion == "sum":
         fused = ops.sum(ops.stack(list(maps), axis=0), axis=0)
+    elif fusion == "contribution":
+        if cells is None or len(cells) != len(maps):
+            raise ModelError(
+                "the 'contribution' fusion needs each map's cell count at its layer's resolution. "
+                f"Received: cells={cells} for {len(maps)} map(s)"
+            )
+        fused = ops.sum(ops.stack([m * float(c) for m, c in zip(maps, cells, strict=True)]), axis=0)
     else:
         raise ModelError(f"Wrong fusion {fusion!r}, supported fusions: {list(FUSIONS)}")
     return minmax(fused)
@@ -191,8 +208,9 @@ class BaseCAM:
             up = ops.image.resize(raw[..., None], (height, width), interpolation="bilinear")[..., 0]
             raws.append(raw)
             ups.append(up)
+        cells = [int(r.shape[1]) * int(r.shape[2]) for r in raws]
         out = {
-            "heatmaps": fuse_maps(ups, self.fusion),
+            "heatmaps": fuse_maps(ups, self.fusion, cells),
             "probabilities": ops.cast(probs, "float32"),
             "scores": ops.cast(scores, "float32"),
             "targets": targets,

@@ -19,7 +19,7 @@ from camlabel.cli.common import (
 # CAM method and fusion names are listed here (not imported) so that --help stays light;
 # tests check they match camlabel.cam.CAM_METHODS / FUSIONS.
 CAM_METHOD_NAMES = ("gradcam", "gradcampp")
-FUSION_NAMES = ("normalize-mean", "sum")
+FUSION_NAMES = ("normalize-mean", "sum", "contribution")
 
 
 def optional_workspace_option(f: Any) -> Any:

@@ -499,7 +499,7 @@ def _register_small_backbones() -> None:
     from camlabel.models import small_backbones as sb
 
     for name, app, cam in (
-        ("densenet-s", sb.densenet_small, "relu"),
+        ("densenet-s", sb.densenet_small, "pool4_relu"),
         ("efficientnet-s", sb.efficientnet_small, "top_activation"),
         ("vgg-s", sb.vgg_small, "vggs_block3_conv2"),
     ):

@@ -157,8 +157,56 @@ def test_fusions() -> None:
     assert raw[0, 3, 3] == pytest.approx(1.0, abs=1e-6) and raw[0, 0, 0] == pytest.approx(
         0.2, abs=1e-6
     )
+    # contribution: a 2x2-cell map (value 2) and a 4x4-cell one (value 10), both upsampled:
+    # weights 4 and 16 -> 8 vs 160
+    contrib = np.asarray(fuse_maps([a, b], "contribution", [4, 16]))
+    assert contrib[0, 3, 3] == pytest.approx(1.0, abs=1e-6) and contrib[0, 0, 0] == pytest.approx(
+        8 / 160, abs=1e-6
+    )
+    with pytest.raises(ModelError, match="cell count"):
+        fuse_maps([a, b], "contribution")
     with pytest.raises(ModelError, match="supported fusions"):
         fuse_maps([a], "max")
+
+
+def test_contribution_fusion_weighs_each_backbone_by_its_share_of_the_score() -> None:
+    """GAP + dense head over two branches of different resolution: per branch, the
+    'contribution'-scaled map (h*w*cam) averages over the image to exactly that branch's share
+    of the class score. Softplus activations and positive weights for the target class keep
+    every map positive, so Grad-CAM's ReLU changes nothing and the identity is exact."""
+    import keras
+    from keras import layers
+
+    from camlabel.cam import GradCAM
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 1))
+    coarse = layers.Conv2D(3, 4, strides=4, activation="softplus", name="coarse")(inp)  # 4x4
+    fine = layers.Conv2D(3, 2, strides=2, activation="softplus", name="fine")(inp)  # 8x8
+    feats = layers.Concatenate()(
+        [layers.GlobalAveragePooling2D()(coarse), layers.GlobalAveragePooling2D()(fine)]
+    )
+    head = layers.Dense(2, name="logits")
+    model = keras.Model(inp, layers.Softmax()(head(feats)))
+    kernel, bias = head.get_weights()
+    kernel[:, 0] = np.abs(kernel[:, 0]) + 0.1
+    kernel[3:, 0] *= 5.0  # the fine branch carries most of the class-0 score
+    head.set_weights([kernel, bias])
+    x = np.random.default_rng(0).random((3, 16, 16, 1)).astype(np.float32)
+    res = GradCAM(model, ["coarse", "fine"], score_layer="logits", fusion="contribution")(
+        x, targets=0
+    )
+    share_c = np.asarray(keras.Model(inp, coarse)(x)).mean(axis=(1, 2)) @ kernel[:3, 0]
+    share_f = np.asarray(keras.Model(inp, fine)(x)).mean(axis=(1, 2)) @ kernel[3:, 0]
+    coarse_map, fine_map = res.layer_maps
+    assert (coarse_map > 0).all() and (fine_map > 0).all()
+    np.testing.assert_allclose((coarse_map * 16).mean(axis=(1, 2)), share_c, rtol=1e-4)
+    np.testing.assert_allclose((fine_map * 64).mean(axis=(1, 2)), share_f, rtol=1e-4)
+    np.testing.assert_allclose(
+        share_c + share_f + bias[0],
+        np.asarray(keras.Model(inp, head.output)(x))[:, 0],
+        rtol=1e-4,
+    )
 
 
 def test_registry_lists_valid_names_and_cli_agrees() -> None:

@@ -14,7 +14,7 @@ SMALL = ("densenet-s", "efficientnet-s", "vgg-s")
 
 def test_small_ensemble_round_trip_and_cam_layers(tmp_path: Path) -> None:
     model = build_ensemble(image_size=64, backbones=SMALL)
-    assert model.cam_layers == ("relu", "top_activation", "vggs_block3_conv2")
+    assert model.cam_layers == ("pool4_relu", "top_activation", "vggs_block3_conv2")
     for name in model.cam_layers:
         assert model.get_layer(name) is not None
     # far smaller than the paper's 31 M-parameter ensemble
