@@ -3,7 +3,8 @@
 On phantoms (whose lesion masks are known), for each CAM method: the **pointing game** (share of
 lesion images whose CAM peak lies inside the true lesion) and the **lesion energy enrichment**
 (share of CAM energy inside the lesion / lesion area share; 1.0 = no better than a uniform map),
-for the fused map and for each member's own map (at its layer's resolution, upsampled).
+for the fused map under each fusion rule and for each member's own map (at its layer's
+resolution, upsampled).
 
 The **twin test** says whether the classifier *uses* the lesion at all: every lesion phantom is
 re-rendered from the same seeds as a "normal" phantom — same patient anatomy, same acquisition,
@@ -12,7 +13,8 @@ lesion-free twins normal, the decision rests on the lesion, whatever the CAM sho
 
 Usage (the demo's workspace after ``camlabel demo -w WS``):
     .venv/bin/python benchmarks/cam_pointing.py --model WS/models/ensemble.keras \\
-        --data WS/data/train [--methods gradcam,gradcampp] [--json OUT.json]
+        --data WS/data/train [--methods gradcam,gradcampp]
+        [--fusions normalize-mean,sum,contribution] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="phantom folder (metadata.csv)")
     ap.add_argument("--methods", default="gradcam,gradcampp")
+    ap.add_argument("--fusions", default="normalize-mean,sum,contribution")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -84,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| method | map | pointing game | lesion energy enrichment |")
     print("|---|---|---|---|")
     for method in [m for m in args.methods.split(",") if m]:
-        res = get_cam_method(method)(clf.model, clf.cam_layers)(batch, batch_size=16)
         per: dict[str, Any] = {}
-        for name, maps in [("fused", res.heatmaps), *zip(res.layers, res.layer_maps, strict=True)]:
+        fused = []
+        for fusion in [f for f in args.fusions.split(",") if f]:
+            res = get_cam_method(method)(clf.model, clf.cam_layers, fusion=fusion)(
+                batch, batch_size=16
+            )
+            fused.append((f"fused {fusion}", res.heatmaps))
+        for name, maps in [*fused, *zip(res.layers, res.layer_maps, strict=True)]:
             hit, enr = pointing(maps, boxes, truths, size)
             shape = "x".join(map(str, np.asarray(maps).shape[1:]))
             per[name] = {"pointing_game": round(hit, 3), "enrichment": round(enr, 2), "grid": shape}

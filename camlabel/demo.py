@@ -61,8 +61,8 @@ class DemoSettings:
     seg_growth: int = 12
     seg_first_filters: int = 24
     #: how the members' CAMs combine: by their share of the class score (see camlabel.cam.base);
-    #: the small ensemble's decision rests almost entirely on densenet-s, and an equal say for
-    #: the other two members ("normalize-mean") buried its map (pointing game 0.017 vs 0.25)
+    #: the small ensemble's decision rests almost entirely on densenet-s; an equal say for the
+    #: other two members ("normalize-mean") can bury its map (docs/classifier.md)
     cam_fusion: str = "contribution"
     skip_rate: float = 0.08
     #: pre-annotate every image, not only those predicted as a lesion class (the smoke-test

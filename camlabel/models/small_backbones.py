@@ -8,8 +8,9 @@ the very same ensemble, CAM and save/load code:
 
 - ``densenet-s``: DenseNet with blocks (2, 2, 2, 2) (DenseNet121 has 6, 12, 24, 16); CAM layer
   ``pool4_relu`` (stride 16, the input of the last transition): at the demo's 96 px the final
-  ``relu`` is a 3 x 3 map, too coarse to point inside a lesion (pointing game 0.017 vs 0.25 on
-  the demo's phantoms, benchmarks/cam_pointing.py).
+  ``relu`` is a 3 x 3 map, too coarse to point inside a lesion (on one demo model, pointing
+  game 0.017 with ``relu`` vs 0.25 with ``pool4_relu`` and the "contribution" fusion;
+  benchmarks/cam_pointing.py).
 - ``efficientnet-s``: EfficientNet with width 0.25 and depth 0.25 of B0; CAM layer ``top_activation``.
 - ``vgg-s``: three VGG blocks of two 3x3 convolutions (32, 64, 128 filters); CAM layer
   ``vggs_block3_conv2`` (stride 4: finer heatmaps than VGG19's stride 16).
