@@ -48,7 +48,21 @@ def report(workspace: Path, out: Path | None) -> None:
 @click.option(
     "--quick", is_flag=True, help="A much smaller run (for smoke tests): fewer images and epochs."
 )
-def demo(workspace: Path, interactive: bool, keep_server: bool, seed: int, quick: bool) -> None:
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="(--interactive) how often to check Label Studio for finished tasks.",
+)
+def demo(
+    workspace: Path,
+    interactive: bool,
+    keep_server: bool,
+    seed: int,
+    quick: bool,
+    poll_seconds: float,
+) -> None:
     """Run the whole loop on phantoms with the embedded Label Studio.
 
     phantoms -> ensemble -> Grad-CAM pre-annotations -> audit -> Label Studio -> simulated
@@ -79,6 +93,7 @@ def demo(workspace: Path, interactive: bool, keep_server: bool, seed: int, quick
         interactive=interactive,
         keep_server=keep_server or interactive,
         progress=show_progress(),
+        poll_s=poll_seconds,
         log=lambda m: click.echo(m, err=True),
     )
 

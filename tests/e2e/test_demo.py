@@ -67,3 +67,95 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "0 new task(s), 24 already present" in r2.stderr
     assert len(Workspace.open(ws_dir).ledger.all()) == 24
+
+
+def test_interactive_demo_waits_for_a_person_and_goes_on(
+    tmp_path: Path, artifacts_dir: Path
+) -> None:
+    """`demo --interactive`: the loop stops after push-jobs, prints the URL and login, and
+    goes on to pull-masks, training and the report once a "person" (here: this test, through
+    the Label Studio API, as the browser would) has annotated or skipped every task."""
+    import csv
+    import time
+
+    from camlabel.backends.base import get_backend
+    from camlabel.backends.labelstudio_sim import simulate_annotators
+    from camlabel.imaging import read_mask_png
+
+    try:
+        srv.find_ls_bin()
+    except ConfigError as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise
+        pytest.skip(f"Label Studio server not installed: {exc.message}")
+    ws_dir = tmp_path / "demo-i"
+    log = artifacts_dir / "demo-interactive.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "camlabel",
+                "demo",
+                "-w",
+                str(ws_dir),
+                "--quick",
+                "--interactive",
+                "--seed",
+                "2",
+                "--poll-seconds",
+                "1",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "CAMLABEL_QUIET": "1"},
+        )
+    try:
+        # the person waits until the demo says where to annotate
+        deadline = time.monotonic() + 900
+        while "annotate in the browser" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the demo never asked for annotations"
+            time.sleep(1)
+        text = log.read_text()
+        assert "http://127.0.0.1:" in text and "login admin@" in text
+        ws = Workspace.open(ws_dir)
+        jobs = {r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all() if r.jobs}
+        assert len(jobs) == 24
+        time.sleep(3)
+        assert proc.poll() is None  # still waiting: nothing is annotated yet
+
+        root = ws_dir / "data" / "train"
+        truth_rows = {
+            str((root / row["file"]).resolve()): row
+            for row in csv.DictReader((root / "metadata.csv").open(newline=""))
+        }
+        truth = {
+            r.image_id: read_mask_png(root / truth_rows[r.source_path]["lesion_mask"])
+            for r in ws.ledger.all()
+            if r.image_id in jobs
+        }
+        person = simulate_annotators(
+            get_backend("labelstudio", ws),  # type: ignore[arg-type]
+            jobs,
+            truth,
+            seed=7,
+            skip_rate=0.2,
+            double_rate=0.0,
+        )
+        assert person.annotated + person.skipped == 24 and person.skipped >= 1
+        assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        srv.stop(Workspace.open(ws_dir))
+    text = log.read_text()
+    assert "24/24 task(s) done" in text and "9/9" in text
+    ws = Workspace.open(ws_dir)
+    masked = [r for r in ws.ledger.all() if r.mask is not None]
+    # every task annotated by the person with a lesion drawn has a mask; skipped ones none
+    assert len(masked) == person.annotated
+    assert (ws_dir / "reports" / "index.html").is_file()
+    summary = json.loads((ws_dir / "reports" / "summary.json").read_text())
+    assert summary["masks"] == person.annotated
