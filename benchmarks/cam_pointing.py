@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     normal_idx = clf.classes.index("normal") if "normal" in clf.classes else None
     called_lesion = twin_normal = identical = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for r in lesion_rows:
+        for i, r in enumerate(lesion_rows):
             h, w = int(r["height"]), int(r["width"])
             pseed = first_seed[r["patient_id"]]
             seed = int(r["seed"])
@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             identical += bool(np.array_equal(same, on_disk))
             p = Path(tmp) / "twin.png"
             write_png_atomic(p, twin)
-            xa, _ = clf.model_input(read_image(args.data / r["file"]))
-            xb, _ = clf.model_input(read_image(p))
-            prob = np.asarray(clf.model.predict_on_batch(np.stack([xa, xb])))
+            xb, _ = clf.model_input(read_image(p))  # batch[i]: the lesion image itself
+            prob = np.asarray(clf.model.predict_on_batch(np.stack([batch[i], xb])))
             called_lesion += int(np.argmax(prob[0])) in lesion_idx
             twin_normal += normal_idx is not None and int(np.argmax(prob[1])) == normal_idx
     n = len(lesion_rows)

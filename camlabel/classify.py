@@ -1108,7 +1108,7 @@ def run_audit(
         by_rel, by_stem = _index_masks(Path(lung_masks))
     lung_seg = None
     if lung_model is not None:
-        from camlabel.segment import load_segmenter
+        from camlabel.segment import load_segmenter, segment_probability
 
         lung_seg = load_segmenter(lung_model)
     rows: list[dict[str, Any]] = []
@@ -1160,8 +1160,6 @@ def run_audit(
                     row["lung_mask"] = str(mask_path)
                     row["lung_source"] = "mask"
                 elif lung_seg is not None:
-                    from camlabel.segment import segment_probability
-
                     lung = lung_field(segment_probability(lung_seg, [img])[0] >= lung_seg.threshold)
                     row["lung_mask"] = f"segmenter:{lung_seg.path}"
                     row["lung_source"] = "segmenter"

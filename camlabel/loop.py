@@ -269,8 +269,8 @@ def _apply_outcome(
 def _mark_deleted(rec: ImageRecord, outcome: TaskOutcome) -> tuple[ImageRecord, int]:
     """Annotations of this task that the ledger holds but the backend no longer lists.
 
-    An outcome lists every annotation the task has now (Label Studio: the task's
-    annotations; Ground Truth: the item's worker responses), so one missing from it was
+    Called only for backends whose outcomes list every annotation a task has now
+    (``Backend.lists_all_annotations``: Label Studio), so one missing from the outcome was
     deleted in the labeling tool. It stays in the ledger, marked ``deleted`` (the history is
     kept), and no longer counts for the consensus.
     """

@@ -20,7 +20,7 @@ from camlabel.errors import LedgerError
 
 SCHEMA_VERSION = 1
 
-AnnotationStatus = Literal["submitted", "skipped", "cancelled"]
+AnnotationStatus = Literal["submitted", "skipped", "cancelled", "deleted"]
 ANNOTATION_STATUSES: tuple[str, ...] = ("submitted", "skipped", "cancelled", "deleted")
 STATES: tuple[str, ...] = (
     "registered",

@@ -17,13 +17,18 @@ from camlabel.workspace import Workspace
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Path) -> None:
+def _require_ls_server() -> None:
+    """Skip without the Label Studio server's venv, except in CI, where it must be there."""
     try:
         srv.find_ls_bin()
     except ConfigError as exc:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             raise
         pytest.skip(f"Label Studio server not installed: {exc.message}")
+
+
+def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Path) -> None:
+    _require_ls_server()
     ws_dir = tmp_path / "demo"
     r = subprocess.run(
         [sys.executable, "-m", "camlabel", "demo", "-w", str(ws_dir), "--quick", "--seed", "1"],
@@ -82,12 +87,7 @@ def test_interactive_demo_waits_for_a_person_and_goes_on(
     from camlabel.backends.labelstudio_sim import simulate_annotators
     from camlabel.imaging import read_mask_png
 
-    try:
-        srv.find_ls_bin()
-    except ConfigError as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            raise
-        pytest.skip(f"Label Studio server not installed: {exc.message}")
+    _require_ls_server()
     ws_dir = tmp_path / "demo-i"
     log = artifacts_dir / "demo-interactive.log"
     with log.open("w") as fh:

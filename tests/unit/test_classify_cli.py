@@ -331,18 +331,11 @@ def test_audit_takes_the_lung_field_from_a_segmenter_where_no_mask_exists(
     rest: those rows get the whole image as lung field (energy share 1.0), the others their mask."""
     import shutil
 
-    from camlabel.models.tiramisu import Tiramisu
+    from tests.seg_factory import make_constant_segmenter
 
     masks = tmp_path / "lungs"
     shutil.copytree(phantoms / "lung_masks" / "covid", masks / "covid")
-    seg = Tiramisu(growth_rate=4, initial_filters=8, down_blocks=(2, 2), bottleneck_layers=2)
-    conv = seg.get_layer("head_conv")
-    k, _ = conv.get_weights()
-    conv.set_weights([np.zeros_like(k), np.full((1,), 6.0, np.float32)])  # p = 0.9975 everywhere
-    seg_dir = tmp_path / "lung-seg"
-    seg_dir.mkdir()
-    seg.save(seg_dir / "model.keras")
-    (seg_dir / "model_info.json").write_text(json.dumps({"image_size": 32, "threshold": 0.5}))
+    seg_dir = make_constant_segmenter(tmp_path / "lung-seg")  # p = 0.9975 everywhere
 
     r = CliRunner().invoke(
         cli,

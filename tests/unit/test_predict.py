@@ -20,6 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from camlabel.cli.main import cli  # noqa: E402
 from camlabel.segment import load_segmenter, predict, segment_probability  # noqa: E402
+from tests.seg_factory import make_constant_segmenter  # noqa: E402
 
 CLASSES = ("covid", "pneumonia", "normal")
 
@@ -27,7 +28,6 @@ CLASSES = ("covid", "pneumonia", "normal")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from camlabel.models.ensemble import build_ensemble
-    from camlabel.models.tiramisu import Tiramisu
 
     root = tmp_path_factory.mktemp("models")
     keras.utils.set_random_seed(0)
@@ -41,14 +41,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         head.set_weights([np.zeros_like(kernel), bias])
         out[forced] = root / f"always-{forced}.keras"
         clf.save(out[forced])
-    seg = Tiramisu(growth_rate=4, initial_filters=8, down_blocks=(2, 2), bottleneck_layers=2)
-    conv = seg.get_layer("head_conv")
-    k, _ = conv.get_weights()
-    conv.set_weights([np.zeros_like(k), np.full((1,), 6.0, np.float32)])  # p = 0.9975 everywhere
-    seg_dir = root / "seg-test"
-    seg_dir.mkdir()
-    seg.save(seg_dir / "model.keras")
-    (seg_dir / "model_info.json").write_text(json.dumps({"image_size": 32, "threshold": 0.5}))
+    seg_dir = make_constant_segmenter(root / "seg-test")  # p = 0.9975 everywhere
     (seg_dir / "segmenter.json").write_text(json.dumps({"run_id": "seg-test", "image_size": 32}))
     out["segmenter"] = seg_dir
     return out
