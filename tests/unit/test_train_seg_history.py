@@ -43,3 +43,12 @@ def test_history_skips_nul_padding_torn_lines_and_repeated_epochs(tmp_path: Path
 
 def test_history_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert _train_seg().read_history(tmp_path / "none.csv") == {}
+
+
+def test_cli_lr_schedules_match_the_training_script() -> None:
+    """`camlabel train-seg --lr-schedule` lists its choices literally (the CLI does not import
+    the training script); they must be the ones train_seg.py accepts."""
+    from camlabel.cli.segment import train_seg
+
+    opt = next(p for p in train_seg.params if p.name == "lr_schedule")
+    assert tuple(opt.type.choices) == _train_seg().LR_SCHEDULES  # type: ignore[attr-defined]
