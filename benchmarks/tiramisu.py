@@ -7,9 +7,13 @@ used when a GPU is visible (as train_seg.py does) unless ``--precision float32``
 
 Usage:
     .venv/bin/python benchmarks/tiramisu.py [--sizes 128,224] [--batch 4] [--steps 5]
-        [--warmup 2] [--arch fc-densenet103] [--json OUT.json]
+        [--warmup 2] [--arch fc-densenet103] [--stem-strides 1,2] [--demo-model]
+        [--json OUT.json]
 
-Prints one Markdown table row per size; ``KERAS_BACKEND=jax`` benchmarks JAX.
+Prints one Markdown table row per (size, stem stride), and with several strides the speed-up
+of each over stride 1 at the same size, measured in the same run. ``--demo-model`` uses the
+demo's small Tiramisu (blocks 3-4-5-5, bottleneck 6, growth 12, 24 filters) instead of
+``--arch``. ``KERAS_BACKEND=jax`` benchmarks JAX.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ def rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
+DEMO_MODEL = {
+    "growth_rate": 12,
+    "initial_filters": 24,
+    "down_blocks": (3, 4, 5, 5),
+    "bottleneck_layers": 6,
+}
+
+
+def bench_size(size: int, stride: int, args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import numpy as np
 
@@ -41,9 +53,9 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
-    kw = architecture(args.arch)
+    kw = dict(DEMO_MODEL) if args.demo_model else architecture(args.arch)
     kw.pop("up_blocks", None)
-    model = Tiramisu(**kw)
+    model = Tiramisu(**kw, stem_stride=stride)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss=DiceBCELoss(),
@@ -64,6 +76,7 @@ def bench_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
     step = float(np.median(times))
     return {
         "size": size,
+        "stem_stride": stride,
         "batch": args.batch,
         "params": int(model.count_params()),
         "warmup_s": round(warm, 1),
@@ -81,6 +94,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--arch", default="fc-densenet103")
+    p.add_argument("--stem-strides", default="1")
+    p.add_argument("--demo-model", action="store_true")
     p.add_argument("--precision", choices=["auto", "float32", "mixed"], default="auto")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -100,20 +115,31 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "arch": args.arch,
+        "arch": "demo model" if args.demo_model else args.arch,
     }
     print(json.dumps(env), flush=True)
     rows = []
-    print("| size | batch | params | warm-up (s) | s/step (median) | images/s | peak RSS (GiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| size | stem stride | batch | params | warm-up (s) | s/step (median) | images/s "
+        "| vs stride 1 | peak RSS (GiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    strides = [int(v) for v in args.stem_strides.split(",")]
     for size in (int(s) for s in args.sizes.split(",")):
-        r = bench_size(size, args)
-        rows.append(r)
-        print(
-            f"| {r['size']} | {r['batch']} | {r['params'] / 1e6:.2f} M | {r['warmup_s']} | "
-            f"{r['step_s_median']} | {r['images_per_s']} | {r['peak_rss_gib']} |",
-            flush=True,
-        )
+        base = None
+        for stride in strides:
+            r = bench_size(size, stride, args)
+            if stride == 1:
+                base = r["images_per_s"]
+            r["speedup_vs_stride1"] = round(r["images_per_s"] / base, 2) if base else None
+            rows.append(r)
+            ratio = "–" if r["speedup_vs_stride1"] is None else f"{r['speedup_vs_stride1']}x"
+            print(
+                f"| {r['size']} | {stride} | {r['batch']} | {r['params'] / 1e6:.2f} M | "
+                f"{r['warmup_s']} | {r['step_s_median']} | {r['images_per_s']} | {ratio} | "
+                f"{r['peak_rss_gib']} |",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
     return 0

@@ -53,6 +53,8 @@ class SegTrainResult:
     on: str
     job: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
+    #: image ids of the lesion-free images trained on with an empty mask
+    negatives: tuple[str, ...] = ()
 
 
 def new_run_id() -> str:
@@ -73,20 +75,57 @@ def masked_records(ws: Workspace) -> list[Any]:
     return sorted(out, key=lambda r: r.image_id)
 
 
+def negative_records(ws: Workspace, limit: int, seed: int) -> list[Any]:
+    """Up to ``limit`` lesion-free images by their label, to train on with an empty mask.
+
+    An image qualifies when its dataset label is one of the workspace's classes but not a
+    lesion class (e.g. ``normal``), it has no mask, and no annotator has touched it (a
+    submitted or skipped annotation is a person's word and wins over the label). The pick
+    is a seeded shuffle, so the same ledger and seed give the same images.
+    """
+    import hashlib
+
+    if limit <= 0:
+        return []
+    lesion = set(ws.lesion_classes)
+    pool = [
+        r
+        for r in ws.ledger.all()
+        if r.mask is None
+        and r.label in ws.classes
+        and r.label not in lesion
+        and not any(a.status != "deleted" for a in r.annotations)
+        and ws.abs(r.display_path).is_file()
+    ]
+    pool.sort(key=lambda r: hashlib.sha256(f"{seed}:{r.image_id}".encode()).hexdigest())
+    return sorted(pool[:limit], key=lambda r: r.image_id)
+
+
 def export_pairs(
-    ws: Workspace, run_id: str, records: Sequence[Any], *, val_fraction: float, seed: int
+    ws: Workspace,
+    run_id: str,
+    records: Sequence[Any],
+    *,
+    val_fraction: float,
+    seed: int,
+    negatives: Sequence[Any] = (),
 ) -> tuple[Path, dict[str, int]]:
     """Write ``WS/exports/<run_id>/`` (index.csv, images/, masks/); returns (dir, mask versions).
 
+    ``records`` have a mask; ``negatives`` (see :func:`negative_records`) are exported with
+    an all-background mask and ``mask_version`` 0, and are not in the returned versions.
     The split is patient-grouped (images without a patient id form their own group) and
     stratified by label, so no patient is on both sides.
     """
+    from camlabel.imaging import write_png_atomic
     from camlabel.models.data import grouped_stratified_split
     from camlabel.models.seg_data import IndexRow, write_index
 
     out = ws.dir("exports") / run_id
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
+    records = [*records, *negatives]
+    n_masked = len(records) - len(negatives)
     labels = [r.label or "unlabeled" for r in records]
     groups = [r.patient_id or r.image_id for r in records]
     if val_fraction > 0 and len(set(groups)) >= 2:
@@ -97,17 +136,22 @@ def export_pairs(
     rows = []
     versions: dict[str, int] = {}
     for i, rec in enumerate(records):
-        assert rec.mask is not None
         shutil.copyfile(ws.abs(rec.display_path), out / "images" / f"{rec.image_id}.png")
-        shutil.copyfile(ws.abs(rec.mask.path), out / "masks" / f"{rec.image_id}.png")
-        versions[rec.image_id] = int(rec.mask.version)
+        if i < n_masked:
+            assert rec.mask is not None
+            shutil.copyfile(ws.abs(rec.mask.path), out / "masks" / f"{rec.image_id}.png")
+            versions[rec.image_id] = version = int(rec.mask.version)
+        else:
+            empty = np.zeros((rec.height, rec.width), np.uint8)
+            write_png_atomic(out / "masks" / f"{rec.image_id}.png", empty)
+            version = 0
         rows.append(
             IndexRow(
                 id=rec.image_id,
                 patient_id=rec.patient_id or rec.image_id,
                 split="val" if i in val else "train",
                 label=rec.label or "",
-                mask_version=str(rec.mask.version),
+                mask_version=str(version),
             )
         )
     write_index(out, rows)
@@ -127,6 +171,7 @@ def train_segmenter(
     val_fraction: float = 0.2,
     seed: int | None = None,
     patience: int = 10,
+    negatives: int = 0,
     model_overrides: Mapping[str, Any] | None = None,
     sagemaker: SageMakerSettings | None = None,
     dry_run: bool = False,
@@ -143,6 +188,9 @@ def train_segmenter(
         lr_schedule: ``"constant"`` (the paper) or ``"cosine"`` (decay to 1 % over the run).
         image_size: letterbox side; default the workspace's ``seg_image_size``.
         min_masks: refuse to train on fewer masked images.
+        negatives: add up to this many lesion-free images (labelled with a non-lesion
+            class, never annotated; :func:`negative_records`) with an empty mask, so the
+            network also learns where not to draw. 0: masks only (the paper).
         model_overrides: Tiramisu sizes passed as hyperparameters, e.g.
             ``{"growth-rate": 4, "down-blocks": "2,2"}`` for a tiny test model.
         dry_run: (sagemaker) export the data and return the job plan; nothing is uploaded.
@@ -169,7 +217,11 @@ def train_segmenter(
     seed = int(ws.config.get("seed", 1234) if seed is None else seed)
     size = int(image_size or ws.config.get("seg_image_size", 256))
     run_id = new_run_id()
-    export_dir, versions = export_pairs(ws, run_id, records, val_fraction=val_fraction, seed=seed)
+    negs = negative_records(ws, negatives, seed)
+    neg_ids = tuple(r.image_id for r in negs)
+    export_dir, versions = export_pairs(
+        ws, run_id, records, val_fraction=val_fraction, seed=seed, negatives=negs
+    )
     hps: dict[str, Any] = {
         "epochs": epochs,
         "batch-size": batch_size,
@@ -181,7 +233,13 @@ def train_segmenter(
         **dict(model_overrides or {}),
     }
     model_dir = ws.dir("models") / run_id
-    settings = {"on": on, **hps, "min_masks": min_masks, "val_fraction": val_fraction}
+    settings = {
+        "on": on,
+        **hps,
+        "min_masks": min_masks,
+        "val_fraction": val_fraction,
+        "negatives": negatives,
+    }
     job: dict[str, Any] | None = None
     if on == "local":
         from camlabel.train.local import run_training
@@ -199,7 +257,9 @@ def train_segmenter(
             )
         if dry_run:
             plan = sm.plan(sagemaker, run_id, hps)
-            return SegTrainResult(run_id, model_dir, export_dir, {}, versions, on, None, plan)
+            return SegTrainResult(
+                run_id, model_dir, export_dir, {}, versions, on, None, plan, neg_ids
+            )
 
         def status(s: str, secondary: str) -> None:
             if on_event is not None:
@@ -223,7 +283,8 @@ def train_segmenter(
         "on": on,
         "image_size": size,
         "trained_on": versions,
-        "n_images": len(versions),
+        "negatives": list(neg_ids),
+        "n_images": len(versions) + len(negs),
         "n_train": metrics.get("n_train"),
         "n_val": metrics.get("n_val"),
         "metrics": summary,
@@ -241,11 +302,12 @@ def train_segmenter(
         run_id=run_id,
         model=ws.rel(model_dir / MODEL_FILE),
         mask_versions=versions,
+        negatives=len(negs),
         metrics=summary,
         device=metrics.get("device"),
         job=job,
     )
-    return SegTrainResult(run_id, model_dir, export_dir, metrics, versions, on, job)
+    return SegTrainResult(run_id, model_dir, export_dir, metrics, versions, on, job, None, neg_ids)
 
 
 # ----------------------------------------------------------------------------- inference

@@ -79,7 +79,20 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, str]] = {
         "Tiramisu down-path block sizes, e.g. 4,5,7,10,12 (empty: the arch's)",
     ),
     "bottleneck-layers": (int, 0, "Tiramisu bottleneck layers (0: the arch's)"),
+    "stem-stride": (
+        int,
+        1,
+        "1 (the paper): full-resolution network; 2 or 4: strided first convolution and "
+        "bilinear logits, ~stride^2 less compute",
+    ),
     "dropout": (float, 0.2, "Tiramisu dropout"),
+    "bn-recalibrate": (
+        int,
+        1,
+        "1: before each validation and at the end, set the BatchNorm statistics from the "
+        "un-augmented training images with dropout off (see recalibrate_batchnorm); 0: keep "
+        "the training-time moving averages",
+    ),
     "mixed-precision": (str, "auto", "auto (on when a GPU is visible), on, off"),
     "workers": (int, 4, "data-loading threads"),
     "steps-per-execution": (int, 1, "batches per compiled step (raise on fast GPUs)"),
@@ -218,6 +231,8 @@ def model_arguments(args: argparse.Namespace) -> dict[str, Any]:
         kw["bottleneck_layers"] = args.bottleneck_layers
     kw["down_blocks"] = list(kw["down_blocks"])
     kw["dropout"] = args.dropout
+    if args.stem_stride != 1:
+        kw["stem_stride"] = args.stem_stride
     return {"input_channels": 1, "num_classes": 1, **kw}
 
 
@@ -253,6 +268,20 @@ def load_rows(root: Path, rows: list[Any], size: int) -> tuple[np.ndarray, np.nd
 
 
 # -- reporting ------------------------------------------------------------------------
+def _recalibration_batches(
+    images: np.ndarray, codes: np.ndarray, batch: int, seed: int, limit: int = 256
+) -> list[np.ndarray]:
+    """Model-ready, un-augmented batches of up to ``limit`` training images (seeded pick)."""
+    import numpy as np
+
+    from camlabel.models.seg_data import SegBatches
+
+    idx = np.random.default_rng(seed).permutation(len(images))[:limit]
+    idx.sort()
+    ds = SegBatches(images[idx], codes[idx], batch)
+    return [ds[i][0] for i in range(len(ds))]
+
+
 def emit(event: dict[str, Any]) -> None:
     print(PROGRESS_PREFIX + json.dumps(event, sort_keys=True), flush=True)
 
@@ -391,7 +420,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     from camlabel.models.seg_data import Augment, SegBatches, read_index
     from camlabel.models.seg_metrics import DiceBCELoss, DiceCoefficient, IoUCoefficient
-    from camlabel.models.tiramisu import Tiramisu
+    from camlabel.models.tiramisu import Tiramisu, recalibrate_batchnorm
 
     started = time.time()
     data = Path(args.train)
@@ -453,12 +482,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             run_eagerly=bool(args.eager),
             steps_per_execution=max(1, args.steps_per_execution),
         )
+    recal_batches = _recalibration_batches(x_tr, c_tr, batch, args.seed)
+
+    class RecalibrateBatchNorm(keras.callbacks.Callback):
+        """Inference statistics before every validation, so the best checkpoint is chosen
+        (and saved) with the statistics it will be used with."""
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            recalibrate_batchnorm(self.model, recal_batches)
+
     monitor = "val_dice" if val_ds is not None else "dice"
     progress = _progress_callback(args.epochs, len(train_rows))
     best_path = ckpt_dir / "best.keras"
     resuming = (ckpt_dir / "backup").is_dir() and any((ckpt_dir / "backup").iterdir())
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt_dir / "backup")),
+        *([RecalibrateBatchNorm()] if args.bn_recalibrate else []),
         keras.callbacks.ModelCheckpoint(
             str(best_path), monitor=monitor, mode="max", save_best_only=True
         ),
@@ -473,6 +512,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if best_path.exists():
         # EarlyStopping only restores weights when it stops early; the checkpoint is the best.
         model.load_weights(str(best_path))
+    if args.bn_recalibrate:
+        recalibrate_batchnorm(model, recal_batches)
     model.save(str(model_dir / "model.keras"))
 
     final: dict[str, Any] = {}

@@ -85,6 +85,8 @@ def demo(
             seg_bottleneck=2,
             seg_growth=6,
             seg_first_filters=8,
+            seg_stem_stride=1,
+            seg_negatives=4,
             cam_all_images=True,
         )
     run_demo(

@@ -55,6 +55,8 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
         assert (ws_dir / x.mask.path).is_file()
         assert x.mask.annotation_ids and x.mask.consensus == "majority"
     assert summary["preannotation_iou_mean"] is not None
+    # every image went to annotators, so no image is a lesion-free negative by label alone
+    assert summary["segmenter_negatives"] == 0
     held = json.loads((ws_dir / "reports" / "heldout.json").read_text())
     assert len(held) == 9 and all(Path(h["overlay_path"]).is_file() for h in held)
     html = (ws_dir / "reports" / "index.html").read_text()

@@ -16,6 +16,7 @@ from camlabel.models.tiramisu import (  # noqa: E402
     Tiramisu,
     architecture,
     fc_densenet103,
+    recalibrate_batchnorm,
 )
 
 TINY = {"growth_rate": 4, "initial_filters": 8, "down_blocks": (2, 2), "bottleneck_layers": 2}
@@ -95,6 +96,70 @@ def test_save_load_gives_identical_outputs(tiny: Tiramisu, tmp_path: Path) -> No
     assert isinstance(loaded, Tiramisu)
     np.testing.assert_array_equal(np.asarray(loaded.predict(x, verbose=0)), before)
     assert isinstance(loaded.loss, DiceBCELoss)
+
+
+@pytest.mark.parametrize("h,w", [(50, 70), (33, 31)])
+def test_a_strided_stem_runs_on_a_coarser_grid_and_answers_on_the_input_grid(
+    h: int, w: int, tmp_path: Path
+) -> None:
+    keras.utils.set_random_seed(2)
+    m = Tiramisu(**TINY, stem_stride=2)
+    assert m.pad_multiple == 8  # 2 poolings x stride 2
+    stem = m.get_layer("stem_conv")
+    assert stem.strides == (2, 2) and stem.kernel_size == (5, 5)
+    x = np.random.default_rng(h + w).random((1, h, w, 1)).astype("float32")
+    y = np.asarray(m(x, training=False))
+    assert y.shape == (1, h, w, 1)
+    ph, pw = (-h) % 8, (-w) % 8
+    y_pad = np.asarray(m(np.pad(x, [(0, 0), (0, ph), (0, pw), (0, 0)]), training=False))
+    np.testing.assert_allclose(y, y_pad[:, :h, :w], atol=1e-5)
+    # the dense blocks see half the grid: the bottleneck of a 64 px input is 64 / 2 / 4
+    probe = keras.Model(m.inputs, m.get_layer("bottleneck_new").output)
+    assert probe([np.zeros((1, 64, 64, 1), "float32")]).shape[1:3] == (8, 8)
+    assert m.get_config()["stem_stride"] == 2
+    path = tmp_path / "s2.keras"
+    m.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.stem_stride == 2
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), y, atol=1e-6)
+    with pytest.raises(ValueError, match=r"stem_stride=3"):
+        Tiramisu(**TINY, stem_stride=3)
+
+
+def test_recalibrated_batchnorm_holds_the_mean_batch_statistics_without_dropout() -> None:
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((4, 4, 2))
+    bn1 = keras.layers.BatchNormalization(momentum=0.9)
+    drop = keras.layers.Dropout(0.5)
+    bn2 = keras.layers.BatchNormalization(momentum=0.9)
+    model = keras.Model(inp, bn2(drop(bn1(inp))))
+    rng = np.random.default_rng(0)
+    b1 = (rng.normal(3.0, 2.0, (5, 4, 4, 2))).astype("float32")
+    b2 = (rng.normal(-1.0, 0.5, (5, 4, 4, 2))).astype("float32")
+    assert recalibrate_batchnorm(model, [b1, b2]) == 2
+    want_mean = (b1.mean((0, 1, 2)) + b2.mean((0, 1, 2))) / 2
+    want_var = (b1.var((0, 1, 2)) + b2.var((0, 1, 2))) / 2
+    np.testing.assert_allclose(np.asarray(bn1.moving_mean), want_mean, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn1.moving_variance), want_var, rtol=1e-4)
+    # bn2 saw bn1's batch-normalised output with dropout off: per batch mean 0, variance
+    # var / (var + eps) (1 - 1e-3 / var)
+    np.testing.assert_allclose(np.asarray(bn2.moving_mean), 0.0, atol=1e-5)
+    assert np.all(np.asarray(bn2.moving_variance) > 0.99)
+    assert bn1.momentum == bn2.momentum == 0.9 and drop.rate == 0.5  # restored
+
+
+def test_recalibrated_tiramisu_infers_as_it_trains_without_dropout() -> None:
+    keras.utils.set_random_seed(4)
+    m = Tiramisu(**TINY, dropout=0.2)
+    x = np.random.default_rng(1).random((4, 16, 16, 1)).astype("float32")
+    recalibrate_batchnorm(m, [x])
+    for layer in m.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    # one batch: the moving statistics are that batch's, so inference = training mode
+    np.testing.assert_allclose(
+        np.asarray(m(x, training=False)), np.asarray(m(x, training=True)), atol=1e-4
+    )
 
 
 def test_fixed_size_model_and_softmax_head() -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -232,11 +233,80 @@ def test_batches_are_deterministic_and_shaped() -> None:
 # -- the library entry point on a workspace -------------------------------------------------
 
 
+def _add_normals(ws: Any, root: Path, n: int) -> list[Any]:
+    """Register n lesion-free phantoms labelled normal (no mask, never annotated)."""
+    from camlabel.phantoms import render_phantom
+
+    rng = np.random.default_rng(9)
+    paths = []
+    for i in range(n):
+        img, lesion, _ = render_phantom(rng, "normal", 64, 48)
+        assert not lesion.any()
+        p = root / f"normal{i}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(p)
+    recs, failures = ws.register_images(
+        paths,
+        labels={str(p): "normal" for p in paths},
+        patient_ids={str(p): f"npat{i}" for i, p in enumerate(paths)},
+    )
+    assert not failures
+    return recs
+
+
+def test_negatives_are_unannotated_images_of_a_non_lesion_class(tmp_path: Path) -> None:
+    from camlabel.records import Annotation
+    from camlabel.segment import export_pairs, masked_records, negative_records
+
+    ws = make_masked_workspace(tmp_path / "ws", n=4)
+    root = tmp_path / "normals"
+    root.mkdir()
+    normals = _add_normals(ws, root, 4)
+    # an annotator skipped one normal: a person's word wins over the label
+    skipped = normals[0].evolve(
+        annotations=(
+            Annotation(
+                backend="labelstudio",
+                annotation_id="9",
+                annotator="a@x",
+                status="skipped",
+                created_at="2026-01-01T00:00:00Z",
+                updated_at="2026-01-01T00:00:00Z",
+            ),
+        )
+    )
+    with ws.ledger.transaction() as txn:
+        txn.put(skipped)
+    pool = {r.image_id for r in normals[1:]}
+    assert negative_records(ws, 0, seed=1) == []
+    picked = negative_records(ws, 2, seed=1)
+    assert len(picked) == 2 and {r.image_id for r in picked} <= pool
+    assert [r.image_id for r in negative_records(ws, 2, seed=1)] == [r.image_id for r in picked]
+    assert {r.image_id for r in negative_records(ws, 10, seed=1)} == pool
+    # another seed draws from the same pool (3 choose 2: some seed picks another pair)
+    pairs = {frozenset(r.image_id for r in negative_records(ws, 2, seed=s)) for s in range(8)}
+    assert len(pairs) > 1
+
+    out, versions = export_pairs(
+        ws, "run1", masked_records(ws), val_fraction=0.0, seed=1, negatives=picked
+    )
+    assert set(versions) == {r.image_id for r in masked_records(ws)}  # masks only
+    rows = {r.id: r for r in seg_data.read_index(out)}
+    assert len(rows) == 6
+    for rec in picked:
+        assert rows[rec.image_id].mask_version == "0" and rows[rec.image_id].label == "normal"
+        mask = cv2.imread(str(out / "masks" / f"{rec.image_id}.png"), cv2.IMREAD_UNCHANGED)
+        img = cv2.imread(str(out / "images" / f"{rec.image_id}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == img.shape[:2] == (64, 48) and not mask.any()
+
+
 def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Path) -> None:
     from camlabel.errors import CamlabelError
     from camlabel.segment import load_segmenter, segment_probability, train_segmenter
 
     ws = make_masked_workspace(tmp_path / "ws")
+    (tmp_path / "normals").mkdir()
+    normals = _add_normals(ws, tmp_path / "normals", 2)
     with pytest.raises(CamlabelError, match=r"at least 20 images with a mask; the workspace has 8"):
         train_segmenter(ws)
     events: list[dict] = []
@@ -247,18 +317,22 @@ def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Pat
         image_size=32,
         min_masks=4,
         val_fraction=0.25,
+        negatives=1,
         model_overrides={"arch": "tiny", "eager": 1},
         progress=False,
         on_event=events.append,
     )
     assert [e["event"] for e in events if e["event"] == "epoch"] == ["epoch", "epoch"]
-    ids = {r.image_id for r in ws.ledger.all()}
+    ids = {r.image_id for r in ws.ledger.all() if r.mask is not None}
     assert res.mask_versions == {i: 2 for i in ids}
+    assert len(res.negatives) == 1 and res.negatives[0] in {r.image_id for r in normals}
     sidecar = json.loads((res.model_dir / "segmenter.json").read_text())
     assert sidecar["trained_on"] == res.mask_versions and sidecar["run_id"] == res.run_id
-    assert sidecar["n_train"] + sidecar["n_val"] == 8 and sidecar["n_val"] >= 2
+    assert sidecar["negatives"] == list(res.negatives) and sidecar["n_images"] == 9
+    assert sidecar["n_train"] + sidecar["n_val"] == 9 and sidecar["n_val"] >= 2
     (run,) = ws.ledger.runs("train-seg")
     assert run["mask_versions"] == res.mask_versions and run["run_id"] == res.run_id
+    assert run["negatives"] == 1 and run["settings"]["negatives"] == 1
     assert run["model"] == f"models/{res.run_id}/model.keras"
     # the export is patient-grouped
     rows = seg_data.read_index(res.export_dir)
