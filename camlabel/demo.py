@@ -242,7 +242,9 @@ def run_demo(
                 f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} skipped, {sim.accepted_unchanged} accepted unchanged",
             )
 
-        t = _step(log, "8/9 pull-masks -> consensus masks; train the FC-DenseNet (Tiramisu) on them")
+        t = _step(
+            log, "8/9 pull-masks -> consensus masks; train the FC-DenseNet (Tiramisu) on them"
+        )
         pulled = pull_masks(ws, "labelstudio", progress=progress)
         log(f"   {pulled.masks_written} mask(s) written, {len(pulled.skipped)} skipped task(s)")
     finally:

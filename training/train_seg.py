@@ -483,13 +483,29 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             steps_per_execution=max(1, args.steps_per_execution),
         )
     recal_batches = _recalibration_batches(x_tr, c_tr, batch, args.seed)
+    recal = {"on": bool(args.bn_recalibrate)}
+
+    def recalibrate(m: Any) -> None:
+        if not recal["on"]:
+            return
+        try:
+            recalibrate_batchnorm(m, recal_batches)
+        except Exception as exc:  # e.g. a distribution strategy that refuses the eager pass
+            recal["on"] = False  # the model stays usable with its training-time statistics
+            emit(
+                {
+                    "event": "warning",
+                    "message": f"BatchNorm recalibration failed ({type(exc).__name__}: "
+                    f"{exc}); keeping the training-time statistics",
+                }
+            )
 
     class RecalibrateBatchNorm(keras.callbacks.Callback):
         """Inference statistics before every validation, so the best checkpoint is chosen
         (and saved) with the statistics it will be used with."""
 
         def on_test_begin(self, logs: Any = None) -> None:
-            recalibrate_batchnorm(self.model, recal_batches)
+            recalibrate(self.model)
 
     monitor = "val_dice" if val_ds is not None else "dice"
     progress = _progress_callback(args.epochs, len(train_rows))
@@ -497,7 +513,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     resuming = (ckpt_dir / "backup").is_dir() and any((ckpt_dir / "backup").iterdir())
     callbacks = [
         keras.callbacks.BackupAndRestore(str(ckpt_dir / "backup")),
-        *([RecalibrateBatchNorm()] if args.bn_recalibrate else []),
+        *([RecalibrateBatchNorm()] if recal["on"] else []),
         keras.callbacks.ModelCheckpoint(
             str(best_path), monitor=monitor, mode="max", save_best_only=True
         ),
@@ -512,8 +528,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if best_path.exists():
         # EarlyStopping only restores weights when it stops early; the checkpoint is the best.
         model.load_weights(str(best_path))
-    if args.bn_recalibrate:
-        recalibrate_batchnorm(model, recal_batches)
+    recalibrate(model)
     model.save(str(model_dir / "model.keras"))
 
     final: dict[str, Any] = {}

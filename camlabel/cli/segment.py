@@ -197,6 +197,8 @@ def train_seg(
             info(
                 f"{event['train']} training / {event['val']} validation image(s) at {event['image_size']} px ({event['split']} split)"
             )
+        elif kind == "warning":
+            click.echo(f"warning: {event['message']}", err=True)
         elif kind == "status":
             info(f"SageMaker job: {event['status']} ({event['secondary']})")
 

@@ -165,6 +165,38 @@ def metrics_n(r: subprocess.CompletedProcess[str], part: str) -> int:
     return int(data_event[part])
 
 
+def test_batchnorm_is_recalibrated_before_each_validation_and_before_saving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import camlabel.models.tiramisu as tiramisu
+
+    data = make_seg_folder(tmp_path / "data")
+    ts = _load_train_seg()
+    real = tiramisu.recalibrate_batchnorm
+    calls: list[int] = []
+
+    def counting(model, batches):  # type: ignore[no-untyped-def]
+        calls.append(sum(len(b) for b in batches))
+        return real(model, batches)
+
+    monkeypatch.setattr(tiramisu, "recalibrate_batchnorm", counting)
+    assert ts.main(["--train", str(data), "--model-dir", str(tmp_path / "m1"), *TINY_ARGS]) == 0
+    assert calls == [8, 8, 8]  # 2 validations + before saving, on the 8 training images
+
+    def failing(model, batches):  # type: ignore[no-untyped-def]
+        calls.append(-1)
+        raise RuntimeError("no eager pass under this strategy")
+
+    calls.clear()
+    capsys.readouterr()
+    monkeypatch.setattr(tiramisu, "recalibrate_batchnorm", failing)
+    assert ts.main(["--train", str(data), "--model-dir", str(tmp_path / "m2"), *TINY_ARGS]) == 0
+    assert calls == [-1]  # tried once, then training goes on with its own statistics
+    warnings = [e for e in _events(capsys.readouterr().out) if e["event"] == "warning"]
+    assert len(warnings) == 1 and "no eager pass under this strategy" in warnings[0]["message"]
+    assert (tmp_path / "m2" / "model.keras").is_file()
+
+
 def test_argument_precedence_cli_over_sm_hps_over_default() -> None:
     ts = _load_train_seg()
     env = {
