@@ -40,6 +40,7 @@ def main() -> int:
     import numpy as np
     import train_seg
 
+    from camlabel.geometry import dice
     from camlabel.models.seg_data import IGNORE, mask_codes, read_index
     from camlabel.models.tiramisu import recalibrate_batchnorm
     from camlabel.segment import load_segmenter, segment_probability
@@ -60,9 +61,8 @@ def main() -> int:
             mask = cv2.imread(str(args.data_dir / "masks" / f"{r.id}.png"), cv2.IMREAD_UNCHANGED)
             codes = mask_codes(mask)
             pred = segment_probability(seg, [img])[0] >= seg.threshold
-            keep, truth = codes != IGNORE, codes == 1
-            denom = (pred & keep).sum() + (truth & keep).sum()
-            dices.append(1.0 if denom == 0 else 2 * (pred & truth & keep).sum() / denom)
+            keep = codes != IGNORE
+            dices.append(dice(pred & keep, (codes == 1) & keep))
         d = np.asarray(dices)
         return {"mean": float(d.mean()), "median": float(np.median(d)), "worst": float(d.min())}
 

@@ -91,10 +91,10 @@ def negative_records(ws: Workspace, limit: int, seed: int) -> list[Any]:
     pool = [
         r
         for r in ws.ledger.all()
-        if r.mask is None
+        # not masked, annotated or skipped (ImageRecord.state)
+        if r.state in ("registered", "preannotated", "pushed")
         and r.label in ws.classes
         and r.label not in lesion
-        and not any(a.status != "deleted" for a in r.annotations)
         and ws.abs(r.display_path).is_file()
     ]
     pool.sort(key=lambda r: hashlib.sha256(f"{seed}:{r.image_id}".encode()).hexdigest())
