@@ -39,16 +39,16 @@ class DemoSettings:
     """Sizes chosen so that the loop runs in minutes on a 2-core CPU (see docs/loop.md)."""
 
     seed: int = 0
-    n_train: int = 120
+    n_train: int = 180
     n_heldout: int = 30
     phantom_size: int = 192
     cls_image_size: int = 96
-    cls_epochs: int = 14
+    cls_epochs: int = 12
     backbones: tuple[str, ...] = ("densenet-s", "efficientnet-s", "vgg-s")
     cls_batch_size: int = 16
     cls_lr: float = 1e-3
     seg_image_size: int = 128
-    seg_epochs: int = 80
+    seg_epochs: int = 75
     seg_batch_size: int = 8
     seg_lr: float = 2e-3
     #: cosine decay and no early stopping: on ~40 masks the validation Dice of the first
@@ -66,7 +66,7 @@ class DemoSettings:
     seg_stem_stride: int = 2
     #: lesion-free images (labelled normal, never annotated) trained on with an empty mask:
     #: masks alone taught the network to mark dark areas at the shoulders as lesions
-    seg_negatives: int = 40
+    seg_negatives: int = 30
     #: how the members' CAMs combine: by their share of the class score (see camlabel.cam.base);
     #: the small ensemble's decision rests almost entirely on densenet-s; an equal say for the
     #: other two members ("normalize-mean") can bury its map (docs/classifier.md)

@@ -108,6 +108,21 @@ def test_lesions_are_visibly_brighter_than_the_same_region_without_them(
         assert gain > min_gain, f"seed {seed}: lesion only {gain:.1f} grey levels brighter"
 
 
+def test_covid_mask_outline_is_where_the_opacity_falls_off() -> None:
+    # The mask is the patches' half-maximum contour: the added density drops sharply across
+    # the outline (a 2-px ring inside holds ~3x the gain of a 2-px ring outside, still in the
+    # lung). Gaussian blobs cut at 30 % of their peak gave < 2x: an outline nobody could see.
+    k = np.ones((3, 3), np.uint8)
+    for seed in SEEDS[:6]:
+        image, lesion, lung = _render(seed, "covid", h=192, w=170)
+        normal, _, _ = _render(seed, "normal", h=192, w=170)
+        gain = image.astype(float) - normal.astype(float)
+        inner = lesion & ~cv2.erode(lesion.astype(np.uint8), k, iterations=2).astype(bool)
+        outer = cv2.dilate(lesion.astype(np.uint8), k, iterations=2).astype(bool) & ~lesion & lung
+        ratio = gain[inner].mean() / gain[outer].mean()
+        assert ratio > 2.3, f"seed {seed}: inner/outer gain {ratio:.2f}"
+
+
 def test_images_are_non_square_and_plausible() -> None:
     image, _, lung = _render(0, "normal", h=256, w=210)
     assert image.shape == (256, 210) and image.dtype == np.uint8

@@ -183,6 +183,25 @@ def test_batchnorm_is_recalibrated_before_each_validation_and_before_saving(
     assert ts.main(["--train", str(data), "--model-dir", str(tmp_path / "m1"), *TINY_ARGS]) == 0
     assert calls == [8, 8, 8]  # 2 validations + before saving, on the 8 training images
 
+    # a smaller seeded subset before each validation; the saved model's statistics use all
+    calls.clear()
+    m3 = tmp_path / "m3"
+    assert (
+        ts.main(
+            [
+                "--train",
+                str(data),
+                "--model-dir",
+                str(m3),
+                *TINY_ARGS,
+                "--bn-recalibrate-images",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert calls == [3, 3, 8]
+
     def failing(model, batches):  # type: ignore[no-untyped-def]
         calls.append(-1)
         raise RuntimeError("no eager pass under this strategy")
@@ -378,3 +397,51 @@ def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Pat
     assert (
         prob.shape == (50, 70) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
     )
+
+
+def test_backups_every_n_epochs_and_an_interrupted_run_resumes_from_the_last(
+    tmp_path: Path,
+) -> None:
+    import keras
+
+    ts = _load_train_seg()
+    x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
+
+    class KilledAfter(keras.callbacks.Callback):
+        def __init__(self, epoch: int) -> None:
+            super().__init__()
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if epoch == self.epoch:
+                raise KeyboardInterrupt
+
+    class Begun(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epochs: list[int] = []
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epochs.append(epoch)
+
+    def model() -> Any:
+        m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        m.compile(optimizer="sgd", loss="mse")
+        return m
+
+    backup = tmp_path / "backup"
+    with pytest.raises(KeyboardInterrupt):  # killed after the 5th epoch; backup after the 3rd
+        model().fit(
+            x,
+            y,
+            epochs=7,
+            verbose=0,
+            callbacks=[ts._backup_callback(keras, backup, every=3), KilledAfter(4)],
+        )
+    assert backup.is_dir()
+    begun = Begun()
+    model().fit(
+        x, y, epochs=7, verbose=0, callbacks=[ts._backup_callback(keras, backup, every=3), begun]
+    )
+    assert begun.epochs == [3, 4, 5, 6]  # epochs 4-5 redone, 1-3 not
+    assert not backup.exists()  # a finished run removes its backup
