@@ -739,9 +739,10 @@ def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8
 
     Output is identical to ``label_studio_sdk.converter.brush.decode_rle`` (~20x faster
     on a 2048 x 2048 mask, see docs/benchmarks.md); a stream that ends inside its last word,
-    which the SDK decodes by reading the bits that are left, raises GeometryError instead. The run headers are chained in a
-    Python loop that does one table lookup and one append per run (a few thousand for a
-    mask); everything else (header fields, words, expansion) is vectorised with numpy.
+    which the SDK decodes by reading the bits that are left, raises GeometryError instead.
+    The run headers are chained in a Python loop that does one table lookup and one append
+    per run (a few thousand for a mask); everything else (header fields, words, expansion)
+    is vectorised with numpy.
 
     Args:
         rle: the ``rle`` list of a ``brushlabels`` result (or its bytes).

@@ -510,12 +510,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             steps_per_execution=max(1, args.steps_per_execution),
         )
     # a small seeded subset before each validation (every epoch: ~25 % of an epoch's time with
-    # all images on a 2-core CPU), the larger one for the statistics the saved model keeps
-    epoch_batches = _recalibration_batches(
-        x_tr, c_tr, batch, args.seed, limit=max(1, args.bn_recalibrate_images)
-    )
-    final_batches = _recalibration_batches(x_tr, c_tr, batch, args.seed, limit=256)
+    # all images on a 2-core CPU), the larger one for the statistics the saved model keeps;
+    # neither is built when recalibration is off
     recal = {"on": bool(args.bn_recalibrate)}
+    epoch_batches = final_batches = []
+    if recal["on"]:
+        epoch_batches = _recalibration_batches(
+            x_tr, c_tr, batch, args.seed, limit=max(1, args.bn_recalibrate_images)
+        )
+        final_batches = _recalibration_batches(x_tr, c_tr, batch, args.seed, limit=256)
 
     def recalibrate(m: Any, batches: list[np.ndarray]) -> None:
         if not recal["on"]:
