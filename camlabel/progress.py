@@ -10,6 +10,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# A training child (camlabel.train.segmenter_job) prints one line per event, this prefix and
+# a JSON object, on stdout; camlabel.train.local reads them back.
+PROGRESS_PREFIX = "CAMLABEL_PROGRESS "
+
 
 def _enabled(enabled: bool) -> bool | None:
     if not enabled or os.environ.get("CAMLABEL_QUIET") == "1":

@@ -1,16 +1,19 @@
-"""Run training/train_seg.py on this machine, in a child process.
+"""Run the segmenter training job (camlabel.train.segmenter_job) on this machine, in a child.
 
 A subprocess rather than an in-process call: TensorFlow's global state (mixed-precision
 policy, distribution strategy, GPU memory) stays out of the caller, a crash or an
 out-of-memory kill cannot take the CLI with it, and Ctrl-C stops the child cleanly. The child
-prints one ``CAMLABEL_PROGRESS {json}`` line per event on stdout; they drive a progress bar
-and ``on_event``. Its other output (TensorFlow logs) goes to ``<model_dir>/train.log``.
+is ``python -m camlabel.train.segmenter_job`` and imports the same camlabel as this process
+(see :func:`child_environment`). It prints one ``CAMLABEL_PROGRESS {json}`` line per event on
+stdout; they drive a progress bar and ``on_event``. Its other output (TensorFlow logs) goes
+to ``<model_dir>/train.log``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 from collections import deque
@@ -18,24 +21,39 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from camlabel.errors import CamlabelError, ModelError
+import camlabel
+from camlabel.errors import ModelError
+from camlabel.progress import PROGRESS_PREFIX, progress_bar
 
-PROGRESS_PREFIX = "CAMLABEL_PROGRESS "
-_PKG = Path(__file__).resolve().parents[1]
+JOB_MODULE = "camlabel.train.segmenter_job"
 
 Event = dict[str, Any]
 
 
-def training_script(name: str = "train_seg.py") -> Path:
-    """Path of a training entry script: the wheel's copy (camlabel/_data/training) or the repo's."""
-    for candidate in (_PKG / "_data" / "training" / name, _PKG.parent / "training" / name):
-        if candidate.is_file():
-            return candidate
-    raise CamlabelError(
-        f"training script {name} not found (looked in {_PKG / '_data' / 'training'} and "
-        f"{_PKG.parent / 'training'})",
-        hint="reinstall camlabel (pip install .) so that training/ is copied into the package",
-    )
+def child_environment(
+    base: Mapping[str, str], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The training child's environment: ``base`` without SM_* and with this camlabel first.
+
+    The child runs with ``python -P`` (no current directory on sys.path) and must import the
+    camlabel this process imported. From site-packages (a wheel) the child finds it alone, and
+    a site-packages folder on PYTHONPATH would go before the standard library; from anywhere
+    else (an editable install, a source tree on PYTHONPATH or in the current directory) the
+    folder holding camlabel/ goes first on the child's PYTHONPATH.
+    """
+    env = {**base, "TF_CPP_MIN_LOG_LEVEL": base.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    # Locally the SageMaker variables must not leak in from a surrounding shell.
+    for key in [k for k in env if k.startswith("SM_")]:
+        del env[key]
+    root = str(Path(camlabel.__file__).resolve().parents[1])
+    site_dirs = {
+        str(Path(d).resolve()) for d in [*site.getsitepackages(), site.getusersitepackages()]
+    }
+    if root not in site_dirs:
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+        env["PYTHONPATH"] = os.pathsep.join([root, *rest])
+    env.update(extra or {})
+    return env
 
 
 def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:
@@ -60,14 +78,13 @@ def run_training(
     on_event: Callable[[Event], None] | None = None,
     progress: bool = True,
     env: Mapping[str, str] | None = None,
-    script: Path | None = None,
 ) -> dict[str, Any]:
     """Train in a child Python; returns metrics.json of the finished run.
 
     Args:
         data_dir: the export folder (index.csv, images/, masks/).
         model_dir: where model.keras, metrics.json, curves and train.log are written.
-        hyperparameters: passed as ``--name value`` (see HYPERPARAMETERS in train_seg.py).
+        hyperparameters: passed as ``--name value`` (see segmenter_job.HYPERPARAMETERS).
         on_event: called with every progress event (device, data, epoch, done).
         progress: show an epoch progress bar on stderr.
         env: extra environment variables for the child (e.g. KERAS_BACKEND).
@@ -75,27 +92,22 @@ def run_training(
     Raises:
         ModelError: the child exited non-zero (the message quotes the end of train.log).
     """
-    from camlabel.progress import progress_bar
-
-    script = script or training_script()
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     log_path = model_dir / "train.log"
     cmd = [
         sys.executable,
         "-u",
-        str(script),
+        "-P",
+        "-m",
+        JOB_MODULE,
         "--train",
         str(data_dir),
         "--model-dir",
         str(model_dir),
         *hyperparameter_args(hyperparameters),
     ]
-    child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    # Locally the SageMaker variables must not leak in from a surrounding shell.
-    for key in [k for k in child_env if k.startswith("SM_")]:
-        del child_env[key]
-    child_env.update(env or {})
+    child_env = child_environment(os.environ, env)
     tail: deque[str] = deque(maxlen=40)
     total = int(hyperparameters.get("epochs") or 0) or None
     with (

@@ -1,14 +1,17 @@
-"""Run training/train_seg.py as a SageMaker training job (SageMaker Python SDK 3.x).
+"""Run the segmenter training job as a SageMaker training job (SageMaker Python SDK 3.x).
 
 The only module that imports the ``sagemaker`` SDK (an optional extra:
 ``pip install 'camlabel[sagemaker]'``). Steps:
 
-1. **Bundle** the entry script: a temporary source dir with ``train_seg.py``, a copy of the
-   modules it imports (``camlabel/{__init__, errors}.py``, ``camlabel/models/{__init__,
-   tiramisu, seg_metrics, seg_data, data}.py``: keras, numpy and cv2 only) and
-   ``requirements.txt`` (opencv-python-headless, in case the image lacks cv2). train_seg.py
-   puts its own folder first on ``sys.path``, so the copy is what the container imports;
-   nothing else of camlabel (or its dependencies) is needed there.
+1. **Bundle** the job: a temporary source dir with the entry script ``train_seg.py`` (the text
+   of the repository's training/train_seg.py, :data:`ENTRY_SCRIPT`), a copy of every camlabel
+   module that camlabel.train.segmenter_job imports, found by reading the package's imports
+   at bundle time (:func:`bundled_modules`: keras, numpy and cv2 only), and
+   ``requirements.txt`` (opencv-python-headless, in case the image lacks cv2). Python puts the
+   script's folder first on ``sys.path``, so the copy is what the container imports; nothing
+   else of camlabel (or its dependencies) is needed there. Only what the job imports is
+   copied, not the whole package: the other modules import SDKs (boto3, Label Studio, click)
+   that the training image lacks, and a short list is what a reader of the job wants to see.
 2. **Upload** the exported pairs (index.csv, images/, masks/) to
    ``s3://BUCKET/PREFIX/<run>/data/``; that prefix is the ``train`` channel.
 3. **Launch** ``sagemaker.train.ModelTrainer`` with ``SourceCode`` (the bundle; the SDK uploads
@@ -25,6 +28,7 @@ where ``SAGEMAKER_VALIDATE_ROLE=false`` is set (the moto tests do that; moto lac
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -37,21 +41,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from camlabel.errors import BackendUnavailable, CamlabelError, ConfigError, ModelError
+from camlabel.errors import BackendUnavailable, ConfigError, ModelError
 
 TF_VERSION = "2.21"
 PY_VERSION = "py312"
 DEFAULT_INSTANCE = "ml.g5.xlarge"
-# What train_seg.py imports, relative to camlabel/ (pure Python + keras/numpy/cv2).
-BUNDLED_MODULES = (
-    "__init__.py",
-    "errors.py",
-    "models/__init__.py",
-    "models/tiramisu.py",
-    "models/seg_metrics.py",
-    "models/seg_data.py",
-    "models/data.py",
-)
+JOB_MODULE = "camlabel.train.segmenter_job"
+ENTRY_SCRIPT_NAME = "train_seg.py"
+# The bundle's entry script; training/train_seg.py holds the same text (a test checks), but a
+# wheel carries no training/ folder.
+ENTRY_SCRIPT = '''"""Entry script of the segmenter training job, local and on SageMaker.
+
+    python training/train_seg.py --train DATA --model-dir OUT --epochs 40 --batch-size 30
+
+The training code is camlabel.train.segmenter_job (``python -m camlabel.train.segmenter_job``
+is the same command); this file only makes camlabel importable and calls its ``main()``. In
+the SageMaker bundle a copy of camlabel/ lies beside this file, and Python puts the script's
+folder first on sys.path; in a checkout without camlabel installed, the repository root
+holds it.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("camlabel") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from camlabel.train.segmenter_job import main
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
 REQUIREMENTS = "opencv-python-headless>=4.9\n"
 _PKG = Path(__file__).resolve().parents[1]
 _TERMINAL = {"Completed", "Failed", "Stopped"}
@@ -70,7 +91,7 @@ class SageMakerSettings:
         prefix: key prefix inside the bucket.
         region: AWS region (default: the boto3 session's).
         instance_type: training instance; a GPU one by default.
-        instance_count: instances (train_seg.py uses all GPUs of one instance).
+        instance_count: instances (the job uses all GPUs of one instance).
         max_runtime_s: the job's stopping condition.
         image_uri: override the training image (default: the TF DLC for TF_VERSION).
         poll_s: seconds between status checks while following the job.
@@ -139,20 +160,61 @@ def training_image_uri(
     return uri
 
 
-def bundle_source(dest: Path) -> Path:
-    """Write the job's source dir: train_seg.py + the camlabel modules it imports."""
-    from camlabel.train.local import training_script
+def _module_file(name: str) -> Path | None:
+    """camlabel/<...>.py or camlabel/<...>/__init__.py of a dotted camlabel module name."""
+    rel = Path(*name.split(".")[1:])
+    for candidate in (_PKG / rel / "__init__.py", (_PKG / rel).with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
 
+
+def _imported_names(path: Path, module: str) -> Iterator[str]:
+    """Every module name ``path`` may import, at any depth (function-level imports too)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            yield base
+            # ``from camlabel.models import seg_data`` imports a module, not a name
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def bundled_modules(module: str = JOB_MODULE) -> list[str]:
+    """Files (relative to camlabel/) of ``module`` and every camlabel module it imports,
+    transitively, with the ``__init__.py`` of their packages; read from the source with ast,
+    so the bundle follows the code and no list is kept by hand."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        parts = todo.pop().split(".")
+        if parts[0] != "camlabel":
+            continue
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            path = _module_file(name)
+            if name in seen or path is None:
+                continue
+            seen[name] = path
+            todo.extend(_imported_names(path, name))
+    return sorted(p.relative_to(_PKG).as_posix() for p in seen.values())
+
+
+def bundle_source(dest: Path) -> Path:
+    """Write the job's source dir: the entry script, the camlabel modules the job imports and
+    requirements.txt."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(training_script(), dest / "train_seg.py")
-    for name in BUNDLED_MODULES:
-        src = _PKG / name
-        if not src.is_file():
-            raise CamlabelError(f"cannot bundle {src}: file missing", hint="reinstall camlabel")
+    (dest / ENTRY_SCRIPT_NAME).write_text(ENTRY_SCRIPT, encoding="utf-8")
+    for name in bundled_modules():
         target = dest / "camlabel" / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
+        shutil.copy2(_PKG / name, target)
     (dest / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
     return dest
 
@@ -229,11 +291,11 @@ def plan(
         "data_uri": f"s3://{settings.bucket}/{base}/data/",
         "output_uri": f"s3://{settings.bucket}/{base}/output",
         "hyperparameters": {k: str(v) for k, v in hyperparameters.items()},
-        "entry_script": "train_seg.py",
+        "entry_script": ENTRY_SCRIPT_NAME,
         "bundled": [
-            "train_seg.py",
+            ENTRY_SCRIPT_NAME,
             "requirements.txt",
-            *(f"camlabel/{m}" for m in BUNDLED_MODULES),
+            *(f"camlabel/{m}" for m in bundled_modules()),
         ],
     }
 
@@ -314,7 +376,7 @@ def _create_job(
         role=settings.role_arn,
         training_image=p["image_uri"],
         source_code=SourceCode(
-            source_dir=str(src), entry_script="train_seg.py", requirements="requirements.txt"
+            source_dir=str(src), entry_script=ENTRY_SCRIPT_NAME, requirements="requirements.txt"
         ),
         compute=Compute(
             instance_type=settings.instance_type,

@@ -1,12 +1,13 @@
-"""Train the FC-DenseNet103 segmenter: one entry point, local and on SageMaker.
+"""Train the FC-DenseNet103 segmenter: the training job, local and on SageMaker.
 
 Local::
 
-    python training/train_seg.py --train DATA --model-dir OUT --epochs 40 --batch-size 30
+    python -m camlabel.train.segmenter_job --train DATA --model-dir OUT --epochs 40 --batch-size 30
 
-On SageMaker the same file is the entry script (camlabel.train.sagemaker uploads it with a
-copy of camlabel/models): inputs come from ``SM_CHANNEL_TRAIN``, the model goes to
-``SM_MODEL_DIR`` (tarred into model.tar.gz), curves and metrics also to
+(``python training/train_seg.py ...`` is the same, through the thin entry script.) On SageMaker
+``training/train_seg.py`` is the entry script (camlabel.train.sagemaker uploads it with a copy
+of the camlabel modules this one imports): inputs come from ``SM_CHANNEL_TRAIN``, the model
+goes to ``SM_MODEL_DIR`` (tarred into model.tar.gz), curves and metrics also to
 ``SM_OUTPUT_DATA_DIR``; hyperparameters arrive as ``--name value`` arguments (and in
 ``SM_HPS`` / /opt/ml/input/config/hyperparameters.json, read as defaults). Explicit
 arguments win over environment values, which win over built-in defaults.
@@ -22,8 +23,9 @@ feed it), ``metrics.json``, ``history.csv`` and ``curves.png`` (Dice and IoU per
 ``--checkpoint-dir`` (default /opt/ml/checkpoints on SageMaker, else MODEL_DIR/checkpoints).
 
 Progress: one line per epoch on stdout, ``CAMLABEL_PROGRESS {json}``, which
-camlabel.train.local turns into a progress bar. Only keras, numpy, cv2 and the bundled
-camlabel.models modules are imported, so it runs in the AWS TensorFlow training image.
+camlabel.train.local turns into a progress bar. Only keras, numpy, cv2 and camlabel modules
+of the same kind are imported (the SageMaker bundle carries exactly those), so it runs in the
+AWS TensorFlow training image.
 """
 
 from __future__ import annotations
@@ -39,18 +41,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from camlabel.progress import PROGRESS_PREFIX
+
 if TYPE_CHECKING:
     import numpy as np
 
-# The SageMaker bundle puts a copy of camlabel/ beside this file; locally the installed
-# package (or the repository root) provides it.
-_HERE = Path(__file__).resolve().parent
-if (_HERE / "camlabel").is_dir() and str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
-elif (_HERE.parent / "camlabel").is_dir() and str(_HERE.parent) not in sys.path:
-    sys.path.append(str(_HERE.parent))
-
-PROGRESS_PREFIX = "CAMLABEL_PROGRESS "
 LR_SCHEDULES = ("constant", "cosine")
 HPS_JSON = Path("/opt/ml/input/config/hyperparameters.json")
 
@@ -62,7 +57,7 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, str]] = {
     "lr-schedule": (
         str,
         "constant",
-        "constant (the paper) or cosine (decay to 1 % of lr over the run: steadier on few masks)",
+        "constant (the paper) or cosine (decay to 1 %% of lr over the run: steadier on few masks)",
     ),
     "image-size": (int, 256, "letterbox side in pixels"),
     "val-fraction": (float, 0.2, "validation share of patients when index.csv has no split"),
@@ -138,7 +133,7 @@ def parse_args(
 ) -> argparse.Namespace:
     env = dict(os.environ if env is None else env)
     from_env = _env_hyperparameters(env)
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument(
         "--train", default=env.get("SM_CHANNEL_TRAIN"), help="data folder (SM_CHANNEL_TRAIN)"
     )

@@ -1,5 +1,6 @@
-"""training/train_seg.py end to end (CLI arguments and SageMaker environment), its data
-conventions, and camlabel.segment.train_segmenter on a workspace."""
+"""The segmenter training job (camlabel.train.segmenter_job, and training/train_seg.py over it)
+end to end (CLI arguments, and the SageMaker environment run from the bundle), its data
+conventions, the SageMaker bundle, and camlabel.segment.train_segmenter on a workspace."""
 
 from __future__ import annotations
 
@@ -35,19 +36,20 @@ TINY_ARGS = [
 
 
 def _load_train_seg():  # type: ignore[no-untyped-def]
-    import importlib.util
+    from camlabel.train import segmenter_job
 
-    spec = importlib.util.spec_from_file_location("train_seg", SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return segmenter_job
 
 
-def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+def _run(
+    args: list[str], env: dict[str, str] | None = None, *, entry: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The job in a child, as ``camlabel train-seg`` runs it (``-m``) unless ``entry`` says."""
+    from camlabel.train.local import JOB_MODULE, child_environment
+
+    full_env = child_environment(os.environ, {"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, *(entry or ["-P", "-m", JOB_MODULE]), *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -133,7 +135,14 @@ def test_train_seg_with_sagemaker_environment(tmp_path: Path) -> None:
         "SM_OUTPUT_DATA_DIR": str(output_dir),
         "SM_HPS": json.dumps(hps),
     }
-    r = _run([], env)  # SM_HPS alone is enough
+    # the SageMaker bundle (entry script + the camlabel modules it carries) alone provides
+    # camlabel: -E drops PYTHONPATH, and the script's folder is first on sys.path (-I would
+    # leave it out)
+    from camlabel.train.sagemaker import bundle_source
+
+    src = bundle_source(tmp_path / "src")
+    entry = ["-E", "-s", str(src / "train_seg.py")]
+    r = _run([], env, entry=entry)  # SM_HPS alone is enough
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = _check_outputs(
         model_dir, epochs=1, n_train=metrics_n(r, "train"), n_val=metrics_n(r, "val")
@@ -155,9 +164,71 @@ def test_train_seg_with_sagemaker_environment(tmp_path: Path) -> None:
         "--eager",
         "1",
     ]
-    r = _run(args, {**env, "SM_MODEL_DIR": str(model_dir2)})
+    r = _run(args, {**env, "SM_MODEL_DIR": str(model_dir2)}, entry=entry)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((model_dir2 / "metrics.json").read_text())["epochs_run"] == 2
+
+
+def test_help_of_the_entry_script_and_of_the_module(tmp_path: Path) -> None:
+    """Both entry points print their help (a "%" in a help string once broke argparse)."""
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -S: no site-packages, so camlabel is not importable and the script finds the checkout's
+    script = subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), "--help"],
+        capture_output=True,
+        text=True,
+        env=base,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    module = _run(["--help"])
+    for r in (script, module):
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "--epochs" in r.stdout and "1 % of lr" in " ".join(r.stdout.split())
+
+
+def test_the_sagemaker_bundle_holds_every_camlabel_module_the_job_imports(
+    tmp_path: Path,
+) -> None:
+    import ast
+
+    from camlabel.train import sagemaker as sm
+
+    src = sm.bundle_source(tmp_path / "src")
+    files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
+    modules = sm.bundled_modules()
+    assert files == {"train_seg.py", "requirements.txt", *(f"camlabel/{m}" for m in modules)}
+    assert (src / "train_seg.py").read_text() == SCRIPT.read_text()
+    assert {"train/segmenter_job.py", "models/tiramisu.py", "models/seg_data.py"} <= set(modules)
+    # the training image has keras, numpy and cv2, not camlabel's other dependencies
+    for m in modules:
+        tree = ast.parse((src / "camlabel" / m).read_text())
+        top = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+        third = {t.split(".")[0] for t in top} - set(sys.stdlib_module_names) - {"camlabel"}
+        assert third <= {"keras", "numpy", "cv2"}, (m, third)
+    # with only the bundle providing camlabel (-I drops PYTHONPATH): every bundled module
+    # imports, and each camlabel module loaded comes from the bundle
+    names = [
+        ".".join(["camlabel", *Path(m).with_suffix("").parts]).removesuffix(".__init__")
+        for m in modules
+    ]
+    code = (
+        "import importlib, sys; sys.path.insert(0, sys.argv[1]);"
+        "[importlib.import_module(n) for n in sys.argv[2:]];"
+        "print(sorted(m.__file__ for n, m in sys.modules.items() if n.startswith('camlabel')))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(src), *names],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = ast.literal_eval(r.stdout.strip())
+    assert len(loaded) == len(modules)
+    assert all(f.startswith(str(src)) for f in loaded), loaded
 
 
 def metrics_n(r: subprocess.CompletedProcess[str], part: str) -> int:

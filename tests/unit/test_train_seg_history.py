@@ -1,23 +1,15 @@
-"""train_seg.read_history survives what an interrupted, resumed run leaves in history.csv."""
+"""segmenter_job.read_history survives what an interrupted, resumed run leaves in history.csv."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
 
+def _train_seg() -> ModuleType:
+    from camlabel.train import segmenter_job
 
-def _train_seg():
-    spec = importlib.util.spec_from_file_location(
-        "train_seg_mod", ROOT / "training" / "train_seg.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_seg_mod"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return segmenter_job
 
 
 def test_history_skips_nul_padding_torn_lines_and_repeated_epochs(tmp_path: Path) -> None:
@@ -47,7 +39,7 @@ def test_history_of_a_missing_file_is_empty(tmp_path: Path) -> None:
 
 def test_cli_lr_schedules_match_the_training_script() -> None:
     """`camlabel train-seg --lr-schedule` lists its choices literally (the CLI does not import
-    the training script); they must be the ones train_seg.py accepts."""
+    the training job); they must be the ones the job accepts."""
     from camlabel.cli.segment import train_seg
 
     opt = next(p for p in train_seg.params if p.name == "lr_schedule")
