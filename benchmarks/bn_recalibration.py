@@ -25,7 +25,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "training"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -38,12 +37,12 @@ def main() -> int:
 
     import cv2
     import numpy as np
-    import train_seg
 
     from camlabel.geometry import dice
     from camlabel.models.seg_data import IGNORE, mask_codes, read_index
     from camlabel.models.tiramisu import recalibrate_batchnorm
     from camlabel.segment import load_segmenter, segment_probability
+    from camlabel.train import segmenter_job as train_seg
 
     with (args.model_dir / "split.csv").open(newline="") as fh:
         split = {r["id"]: r["split"] for r in csv.DictReader(fh)}

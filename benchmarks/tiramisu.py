@@ -102,8 +102,7 @@ def main() -> int:
 
     import keras
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-    from train_seg import device_description, visible_gpus
+    from camlabel.train.segmenter_job import device_description, visible_gpus
 
     gpus = visible_gpus()
     mixed = args.precision == "mixed" or (args.precision == "auto" and bool(gpus))
