@@ -95,7 +95,7 @@ def _keys(s3: Any, prefix: str = "") -> list[str]:
 
 
 def _model_tarball(tmp_path: Path) -> bytes:
-    """What train_seg.py leaves in SM_MODEL_DIR, tarred as SageMaker does."""
+    """What the training job leaves in SM_MODEL_DIR, tarred as SageMaker does."""
     import keras
 
     from camlabel.models.tiramisu import Tiramisu
@@ -195,19 +195,19 @@ def test_train_seg_on_sagemaker_creates_the_job_uploads_and_downloads(
     code_uri = channels["code"]
     code_prefix = code_uri[len(f"s3://{BUCKET}/") :].rstrip("/") + "/"
     code = {k[len(code_prefix) :] for k in _keys(aws, code_prefix)}
-    assert {
+    assert code == {
         "train_seg.py",
         "requirements.txt",
-        "camlabel/__init__.py",
-        "camlabel/errors.py",
-    } <= code
-    assert {
-        f"camlabel/models/{m}.py" for m in ("tiramisu", "seg_metrics", "seg_data", "data")
-    } <= code
-    assert not {k for k in code if k.startswith("camlabel/") and "models" not in k} - {
-        "camlabel/__init__.py",
-        "camlabel/errors.py",
+        *(f"camlabel/{m}" for m in sm.bundled_modules()),
     }
+    assert {
+        "camlabel/__init__.py",
+        "camlabel/errors.py",
+        "camlabel/train/segmenter_job.py",
+        *(f"camlabel/models/{m}.py" for m in ("tiramisu", "seg_metrics", "seg_data", "data")),
+    } <= code
+    # nothing that imports an SDK the training image lacks
+    assert not {k for k in code if k.startswith(("camlabel/cli/", "camlabel/backends/"))}
     uploaded = aws.get_object(Bucket=BUCKET, Key=code_prefix + "train_seg.py")["Body"].read()
     assert (
         uploaded == (Path(__file__).resolve().parents[2] / "training" / "train_seg.py").read_bytes()
