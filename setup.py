@@ -2,7 +2,8 @@
 
 They live at the repository's top level (where people look for them) but must also work
 after a plain ``pip install .`` used from another directory; camlabel.resources finds
-either copy.
+either copy. training/ is not copied: its script is a thin entry over the package's
+camlabel.train.segmenter_job, which the wheel carries as code.
 """
 
 import shutil

@@ -1,4 +1,5 @@
-"""What templates/ and manifests/ provide must work from an installed wheel, not only in-tree."""
+"""What templates/ and manifests/ provide must work from an installed wheel, not only in-tree;
+the wheel carries the training job as a module (tests/integration/test_wheel.py runs it)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def test_wheel_carries_templates_and_manifests(wheel: Path) -> None:
         assert tracked, sub
         for p in tracked:
             assert f"camlabel/_data/{p.relative_to(REPO).as_posix()}" in names, p
+
+
+def test_wheel_carries_the_training_job_as_a_module(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "camlabel/train/segmenter_job.py" in names
+    assert not {n for n in names if n.startswith("camlabel/_data/training/")}
 
 
 def test_installed_wheel_works_from_another_directory(wheel: Path, tmp_path: Path) -> None:
