@@ -11,7 +11,7 @@ The only module that imports the ``sagemaker`` SDK (an optional extra:
    script's folder first on ``sys.path``, so the copy is what the container imports; nothing
    else of camlabel (or its dependencies) is needed there. Only what the job imports is
    copied, not the whole package: the other modules import SDKs (boto3, Label Studio, click)
-   that the training image lacks, and a short list is what a reader of the job wants to see.
+   that the training image lacks.
 2. **Upload** the exported pairs (index.csv, images/, masks/) to
    ``s3://BUCKET/PREFIX/<run>/data/``; that prefix is the ``train`` channel.
 3. **Launch** ``sagemaker.train.ModelTrainer`` with ``SourceCode`` (the bundle; the SDK uploads
@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from camlabel.errors import BackendUnavailable, ConfigError, ModelError
+from camlabel.train.local import JOB_MODULE
 
 TF_VERSION = "2.21"
 PY_VERSION = "py312"
 DEFAULT_INSTANCE = "ml.g5.xlarge"
-JOB_MODULE = "camlabel.train.segmenter_job"
 ENTRY_SCRIPT_NAME = "train_seg.py"
 # The bundle's entry script; training/train_seg.py holds the same text (a test checks), but a
 # wheel carries no training/ folder.

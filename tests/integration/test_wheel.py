@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_packaging import build_wheel
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,24 +77,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv outside the repository with the wheel installed (the deps borrowed)."""
-    wheels = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheels),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (whl,) = wheels.glob("camlabel-*.whl")
+    whl = build_wheel(tmp_path_factory.mktemp("wheel"))
     root = tmp_path_factory.mktemp("venv") / "venv"
     assert not root.resolve().is_relative_to(REPO)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
@@ -105,20 +90,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ).stdout.strip()
     # before the .pth exists, without PYTHONPATH and --ignore-installed (which uninstalls
     # nothing): a camlabel pip can see elsewhere would otherwise satisfy the requirement
+    install = ["install", "-q", "--no-deps", "--no-index", "--ignore-installed"]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(python),
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-index",
-            "--ignore-installed",
-            str(whl),
-        ],
+        [sys.executable, "-m", "pip", "--python", str(python), *install, str(whl)],
         check=True,
         capture_output=True,
         env=_clean_env(),

@@ -14,9 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+def build_wheel(out: Path) -> Path:
+    """Build this checkout's wheel into ``out`` (no isolation: the build uses this venv)."""
     subprocess.run(
         [
             sys.executable,
@@ -35,6 +34,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (whl,) = out.glob("camlabel-*.whl")
     return whl
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_wheel_carries_templates_and_manifests(wheel: Path) -> None:

@@ -187,6 +187,41 @@ def test_help_of_the_entry_script_and_of_the_module(tmp_path: Path) -> None:
         assert "--epochs" in r.stdout and "1 % of lr" in " ".join(r.stdout.split())
 
 
+def test_the_training_child_imports_the_camlabel_of_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import site
+
+    import camlabel
+    from camlabel.train.local import child_environment
+
+    # a decoy camlabel in the child's working directory: -P keeps it off sys.path
+    (tmp_path / "camlabel").mkdir()
+    (tmp_path / "camlabel" / "__init__.py").write_text("raise ImportError('the decoy')\n")
+    base = {"PYTHONPATH": "/elsewhere", "SM_MODEL_DIR": "/opt/ml/model", "KEEP": "1"}
+    env = child_environment({**os.environ, **base}, {"EXTRA": "2"})
+    assert not {k for k in env if k.startswith("SM_")} and (env["KEEP"], env["EXTRA"]) == ("1", "2")
+    r = subprocess.run(
+        [sys.executable, "-P", "-c", "import camlabel; print(camlabel.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == Path(camlabel.__file__).resolve()
+    # a source tree (a checkout, a worktree on PYTHONPATH, an editable install) goes first
+    root = str(Path(camlabel.__file__).resolve().parents[1])
+    assert env["PYTHONPATH"].split(os.pathsep)[:2] == [root, "/elsewhere"] or root in {
+        str(Path(d).resolve()) for d in site.getsitepackages()
+    }
+    # an installed wheel (camlabel in site-packages): PYTHONPATH as it was
+    fake = Path(site.getsitepackages()[0]) / "camlabel" / "__init__.py"
+    monkeypatch.setattr(camlabel, "__file__", str(fake))
+    assert child_environment(base)["PYTHONPATH"] == "/elsewhere"
+
+
 def test_the_sagemaker_bundle_holds_every_camlabel_module_the_job_imports(
     tmp_path: Path,
 ) -> None:
