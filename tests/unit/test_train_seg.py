@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from camlabel.models import seg_data
+from camlabel.train import segmenter_job as ts
 from tests.seg_factory import make_masked_workspace, make_seg_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,12 +34,6 @@ TINY_ARGS = [
     "--eager",
     "1",
 ]
-
-
-def _load_train_seg():  # type: ignore[no-untyped-def]
-    from camlabel.train import segmenter_job
-
-    return segmenter_job
 
 
 def _run(
@@ -277,7 +272,6 @@ def test_batchnorm_is_recalibrated_before_each_validation_and_before_saving(
     import camlabel.models.tiramisu as tiramisu
 
     data = make_seg_folder(tmp_path / "data")
-    ts = _load_train_seg()
     real = tiramisu.recalibrate_batchnorm
     calls: list[int] = []
 
@@ -323,7 +317,6 @@ def test_batchnorm_is_recalibrated_before_each_validation_and_before_saving(
 
 
 def test_argument_precedence_cli_over_sm_hps_over_default() -> None:
-    ts = _load_train_seg()
     env = {
         "SM_CHANNEL_TRAIN": "/d",
         "SM_MODEL_DIR": "/m",
@@ -336,7 +329,6 @@ def test_argument_precedence_cli_over_sm_hps_over_default() -> None:
 
 
 def test_a_missing_index_fails_with_a_clear_message(tmp_path: Path) -> None:
-    ts = _load_train_seg()
     with pytest.raises(FileNotFoundError, match=r"index.csv.*needs index.csv, images/ and masks/"):
         ts.main(["--train", str(tmp_path), "--model-dir", str(tmp_path / "m"), *TINY_ARGS])
 
@@ -510,7 +502,6 @@ def test_backups_every_n_epochs_and_an_interrupted_run_resumes_from_the_last(
 ) -> None:
     import keras
 
-    ts = _load_train_seg()
     x, y = np.zeros((4, 2), "float32"), np.zeros((4, 1), "float32")
 
     class KilledAfter(keras.callbacks.Callback):

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
-
-def _train_seg() -> ModuleType:
-    from camlabel.train import segmenter_job
-
-    return segmenter_job
+from camlabel.train.segmenter_job import LR_SCHEDULES, read_history
 
 
 def test_history_skips_nul_padding_torn_lines_and_repeated_epochs(tmp_path: Path) -> None:
-    ts = _train_seg()
     path = tmp_path / "history.csv"
     path.write_bytes(
         b"epoch,dice,val_dice\n"
@@ -27,14 +21,14 @@ def test_history_skips_nul_padding_torn_lines_and_repeated_epochs(tmp_path: Path
         b"3,0.4,0.30\n"
         b"4,oops,0.1\n"  # unparsable row
     )
-    hist = ts.read_history(path)
+    hist = read_history(path)
     assert hist["epoch"] == [0.0, 1.0, 2.0, 3.0]
     assert hist["dice"] == [0.1, 0.25, 0.35, 0.4]
     assert hist["val_dice"] == [0.05, 0.12, 0.2, 0.3]
 
 
 def test_history_of_a_missing_file_is_empty(tmp_path: Path) -> None:
-    assert _train_seg().read_history(tmp_path / "none.csv") == {}
+    assert read_history(tmp_path / "none.csv") == {}
 
 
 def test_cli_lr_schedules_match_the_training_script() -> None:
@@ -43,4 +37,4 @@ def test_cli_lr_schedules_match_the_training_script() -> None:
     from camlabel.cli.segment import train_seg
 
     opt = next(p for p in train_seg.params if p.name == "lr_schedule")
-    assert tuple(opt.type.choices) == _train_seg().LR_SCHEDULES  # type: ignore[attr-defined]
+    assert tuple(opt.type.choices) == LR_SCHEDULES
