@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from camlabel import labelstudio_server as srv
+from camlabel.backends.labelstudio import server as srv
 from camlabel.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camlabel.backends import _gt_convert as conv
+from camlabel.backends.groundtruth import convert as conv
 from camlabel.backends.groundtruth import GroundTruthSettings
 from camlabel.errors import AnnotationError, ConfigError
 

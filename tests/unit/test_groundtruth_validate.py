@@ -6,13 +6,13 @@ import re
 
 import pytest
 
-from camlabel.backends._botocore_validate import (
+from camlabel.backends.groundtruth.validate import (
     constraint_violations,
     request_problems,
     service_model,
     validate_request,
 )
-from camlabel.backends.groundtruth import (
+from camlabel.backends.groundtruth.backend import (
     ADJUSTMENT_TASK,
     BUILTIN_LAMBDA_ACCOUNTS,
     builtin_lambda_arn,

@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from camlabel.backends import _gt_convert as conv
-from camlabel.backends._botocore_validate import validate_request
+from camlabel.backends.groundtruth import convert as conv
+from camlabel.backends.groundtruth.validate import validate_request
 from camlabel.backends.base import (
     AnnotationResult,
     Backend,

@@ -222,7 +222,7 @@ class LabelStudioBackend(Backend):
         """Find URL and token (flag > env > workspace config > embedded server); no request yet."""
         if self.url is not None:
             return
-        from camlabel import labelstudio_server as srv
+        from camlabel.backends.labelstudio import server as srv
 
         cfg = self.workspace.config.get("labelstudio", {})
         url = self._url_opt or os.environ.get("CAMLABEL_LS_URL") or cfg.get("url")
