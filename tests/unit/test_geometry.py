@@ -13,6 +13,8 @@ from label_studio_sdk.converter import brush
 from matplotlib.path import Path as MplPath
 
 from camlabel import geometry as g
+from camlabel.backends.groundtruth import convert as gtconv
+from camlabel.backends.labelstudio import convert as lsconv
 from camlabel.errors import AnnotationError, GeometryError
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -348,13 +350,16 @@ def test_pct_corners_map_to_image_corners() -> None:
 
 def test_ground_truth_vertices() -> None:
     vertices = [{"x": 10, "y": 20}, {"x": 30, "y": 20}, {"x": 30, "y": 45}]
-    px = g.gt_vertices_to_px(vertices)
+    px = gtconv.gt_vertices_to_px(vertices)
     assert px.dtype == np.float64 and px.tolist() == [[10, 20], [30, 20], [30, 45]]
-    assert g.px_to_gt_vertices(px) == vertices
-    assert g.px_to_gt_vertices([[1.5, 2.49], [2.5, -0.5]]) == [{"x": 2, "y": 2}, {"x": 3, "y": 0}]
-    assert all(isinstance(v["x"], int) for v in g.px_to_gt_vertices(px + 0.2))
+    assert gtconv.px_to_gt_vertices(px) == vertices
+    assert gtconv.px_to_gt_vertices([[1.5, 2.49], [2.5, -0.5]]) == [
+        {"x": 2, "y": 2},
+        {"x": 3, "y": 0},
+    ]
+    assert all(isinstance(v["x"], int) for v in gtconv.px_to_gt_vertices(px + 0.2))
     with pytest.raises(GeometryError, match="vertex 1"):
-        g.gt_vertices_to_px([{"x": 1, "y": 2}, {"x": 3}])
+        gtconv.gt_vertices_to_px([{"x": 1, "y": 2}, {"x": 3}])
 
 
 # ------------------------------------------------------------------ hostile polygons
@@ -413,12 +418,14 @@ def test_repair_rejects_zero_area_and_keeps_valid_polygons() -> None:
 @given(uint8_arrays)
 @settings(max_examples=120, deadline=None)
 def test_rle_round_trip_and_sdk_interop(values: np.ndarray) -> None:
-    ours = g.rle_encode(values)
+    ours = lsconv.rle_encode(values)
     assert all(isinstance(b, int) and 0 <= b <= 255 for b in ours)
-    np.testing.assert_array_equal(g.rle_decode(ours, values.size), values)
+    np.testing.assert_array_equal(lsconv.rle_decode(ours, values.size), values)
     np.testing.assert_array_equal(brush.decode_rle(ours), values)
     if values.size:  # the SDK encoder cannot encode an empty array
-        np.testing.assert_array_equal(g.rle_decode(brush.encode_rle(values), values.size), values)
+        np.testing.assert_array_equal(
+            lsconv.rle_decode(brush.encode_rle(values), values.size), values
+        )
 
 
 def test_rle_long_runs_and_all_field_sizes() -> None:
@@ -434,13 +441,15 @@ def test_rle_long_runs_and_all_field_sizes() -> None:
             np.array([9], np.uint8),
         ]
     )
-    ours = g.rle_encode(values)
-    np.testing.assert_array_equal(g.rle_decode(ours, values.size), values)
+    ours = lsconv.rle_encode(values)
+    np.testing.assert_array_equal(lsconv.rle_decode(ours, values.size), values)
     np.testing.assert_array_equal(brush.decode_rle(ours), values)
-    np.testing.assert_array_equal(g.rle_decode(brush.encode_rle(values), values.size), values)
+    np.testing.assert_array_equal(lsconv.rle_decode(brush.encode_rle(values), values.size), values)
     big_literal = np.random.default_rng(0).integers(0, 256, 70_000).astype(np.uint8)
-    np.testing.assert_array_equal(g.rle_decode(g.rle_encode(big_literal), 70_000), big_literal)
-    assert g.rle_decode(g.rle_encode(np.zeros(0, np.uint8)), 0).size == 0
+    np.testing.assert_array_equal(
+        lsconv.rle_decode(lsconv.rle_encode(big_literal), 70_000), big_literal
+    )
+    assert lsconv.rle_decode(lsconv.rle_encode(np.zeros(0, np.uint8)), 0).size == 0
 
 
 @given(
@@ -474,7 +483,7 @@ def test_rle_decode_fuzz_matches_sdk_or_raises_geometry_error(
         except Exception:  # the SDK fails on truncated or overflowing streams
             expected = None
     try:
-        ours = g.rle_decode(rle, num)
+        ours = lsconv.rle_decode(rle, num)
     except GeometryError:
         # ours refuses a stream that ends inside its last word, which the SDK reads short
         assert expected is None or Tracking.overrun or len(expected) != num or word > 8
@@ -485,28 +494,28 @@ def test_rle_decode_fuzz_matches_sdk_or_raises_geometry_error(
 
 
 def test_rle_decode_rejects_bad_input() -> None:
-    rle = g.rle_encode(np.repeat(np.arange(50, dtype=np.uint8), 3))
+    rle = lsconv.rle_encode(np.repeat(np.arange(50, dtype=np.uint8), 3))
     with pytest.raises(GeometryError, match="holds 150 values but 600 were expected"):
-        g.rle_decode(rle, 600)
+        lsconv.rle_decode(rle, 600)
     with pytest.raises(GeometryError, match="truncated"):
-        g.rle_decode(rle[: len(rle) // 2], 150)
+        lsconv.rle_decode(rle[: len(rle) // 2], 150)
     with pytest.raises(GeometryError, match="53-bit header"):
-        g.rle_decode([0, 0, 1], 1)
+        lsconv.rle_decode([0, 0, 1], 1)
     with pytest.raises(GeometryError, match=r"integers 0\.\.255"):
-        g.rle_decode([0, 300, 1, 2, 3, 4, 5, 6], 1)
+        lsconv.rle_decode([0, 300, 1, 2, 3, 4, 5, 6], 1)
     with pytest.raises(GeometryError, match=r"integers 0\.\.255"):
-        g.rle_encode(np.array([0.5, 1.0]))
+        lsconv.rle_encode(np.array([0.5, 1.0]))
 
 
 def test_brush_mask_matches_sdk() -> None:
     mask = np.zeros((37, 53), bool)
     cv2.circle(mask.view(np.uint8), (20, 18), 11, 1, -1)
     mask[0, :] = True
-    ours = g.mask_to_brush_rle(mask)
+    ours = lsconv.mask_to_brush_rle(mask)
     sdk = brush.mask2rle(mask.astype(np.uint8) * 255)
     np.testing.assert_array_equal(brush.decode_rle(ours), brush.decode_rle(sdk))
-    np.testing.assert_array_equal(g.brush_rle_to_mask(sdk, 37, 53), mask)
-    np.testing.assert_array_equal(g.brush_rle_to_mask(ours, 37, 53), mask)
+    np.testing.assert_array_equal(lsconv.brush_rle_to_mask(sdk, 37, 53), mask)
+    np.testing.assert_array_equal(lsconv.brush_rle_to_mask(ours, 37, 53), mask)
     layer = brush.decode_from_annotation(
         "tag",
         [
@@ -533,20 +542,20 @@ COLOR_MAP = {
 def test_color_mask_round_trip() -> None:
     rng = np.random.default_rng(1)
     cls = rng.integers(0, 3, (9, 13)).astype(np.int16)
-    rgb = g.class_mask_to_color_mask(cls, COLOR_MAP)
+    rgb = gtconv.class_mask_to_color_mask(cls, COLOR_MAP)
     assert rgb.dtype == np.uint8 and rgb.shape == (9, 13, 3)
     assert tuple(rgb[cls == 2][0]) == (0x1F, 0x77, 0xB4)
-    out = g.color_mask_to_class_mask(rgb, COLOR_MAP)
+    out = gtconv.color_mask_to_class_mask(rgb, COLOR_MAP)
     assert out.dtype == np.int16
     np.testing.assert_array_equal(out, cls)
 
 
 def test_color_missing_from_map_is_named() -> None:
-    rgb = g.class_mask_to_color_mask(np.zeros((4, 5), np.int16), COLOR_MAP)
+    rgb = gtconv.class_mask_to_color_mask(np.zeros((4, 5), np.int16), COLOR_MAP)
     rgb[0, :3] = (255, 0, 0)
     rgb[3, 4] = (1, 2, 3)
     with pytest.raises(AnnotationError) as err:
-        g.color_mask_to_class_mask(rgb, COLOR_MAP)
+        gtconv.color_mask_to_class_mask(rgb, COLOR_MAP)
     msg = str(err.value)
     assert "4 pixels in 2 colour(s)" in msg
     assert "#ff0000 (3 px)" in msg and "#010203 (1 px)" in msg
@@ -556,13 +565,13 @@ def test_color_missing_from_map_is_named() -> None:
 
 def test_color_mask_rejects_bad_inputs() -> None:
     with pytest.raises(AnnotationError, match="H x W x 3 uint8"):
-        g.color_mask_to_class_mask(np.zeros((4, 4, 4), np.uint8), COLOR_MAP)
+        gtconv.color_mask_to_class_mask(np.zeros((4, 4, 4), np.uint8), COLOR_MAP)
     with pytest.raises(AnnotationError, match="share the colour #ffffff"):
-        g.color_mask_to_class_mask(
+        gtconv.color_mask_to_class_mask(
             np.zeros((2, 2, 3), np.uint8), {**COLOR_MAP, "3": {"hex-color": "#FFFFFF"}}
         )
     with pytest.raises(AnnotationError, match="indices \\[7\\]"):
-        g.class_mask_to_color_mask(np.full((2, 2), 7), COLOR_MAP)
+        gtconv.class_mask_to_color_mask(np.full((2, 2), 7), COLOR_MAP)
 
 
 # ------------------------------------------------------------------ metrics

@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 
 from camlabel.backends.base import PushItem
-from camlabel.backends.labelstudio.backend import LabelStudioBackend, _accepted_unchanged, _ts, label_config
+from camlabel.backends.labelstudio.backend import (
+    LabelStudioBackend,
+    _accepted_unchanged,
+    _ts,
+    label_config,
+)
+from camlabel.backends.labelstudio.convert import mask_to_brush_rle
 from camlabel.errors import AnnotationError
-from camlabel.geometry import mask_to_brush_rle
 from camlabel.records import Preannotation
 from camlabel.workspace import Workspace
 

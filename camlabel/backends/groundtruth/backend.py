@@ -46,8 +46,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from camlabel.backends.groundtruth import convert as conv
-from camlabel.backends.groundtruth.validate import validate_request
 from camlabel.backends.base import (
     AnnotationResult,
     Backend,
@@ -57,6 +55,8 @@ from camlabel.backends.base import (
     PushReport,
     TaskOutcome,
 )
+from camlabel.backends.groundtruth import convert as conv
+from camlabel.backends.groundtruth.validate import validate_request
 from camlabel.errors import (
     AnnotationError,
     BackendError,

@@ -1079,7 +1079,8 @@ class LabelStudioBackend(Backend):
         users: _LazyUsers | None = None,
     ) -> AnnotationResult:
         """One Label Studio annotation -> an :class:`Annotation` record and its mask (original size)."""
-        from camlabel.geometry import PolygonPx, brush_rle_to_mask, pct_to_px, polygons_to_mask
+        from camlabel.backends.labelstudio.convert import brush_rle_to_mask
+        from camlabel.geometry import PolygonPx, pct_to_px, polygons_to_mask
 
         ann_id = str(ann.get("id"))
         who = ann.get("completed_by")

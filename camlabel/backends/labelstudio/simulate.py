@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from camlabel.backends.labelstudio.backend import CLASS_FROM, POLYGON_FROM, TO_NAME, LabelStudioBackend
+from camlabel.backends.labelstudio.backend import (
+    CLASS_FROM,
+    POLYGON_FROM,
+    TO_NAME,
+    LabelStudioBackend,
+)
 from camlabel.records import JobRef
 
 ANNOTATORS = ("annotator1@camlabel.local", "annotator2@camlabel.local")
