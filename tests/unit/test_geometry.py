@@ -242,11 +242,19 @@ def test_max_vertices_caps_every_ring() -> None:
 
 
 def test_simplification_keeps_float64_vertices() -> None:
-    poly = g.PolygonPx(np.array([[0.1234567, 0], [5, 0.0000001], [10, 0], [10, 10], [0, 10]]))
-    (out,) = g.scale_polygons([poly], 1.0, 1.0)
-    simplified = g._simplify_ring(out.exterior, 0.5, None)
-    assert len(simplified) == 4
-    assert simplified[0, 0] == 0.1234567 or 0.1234567 not in simplified[:, 0]
+    # approxPolyDP works in float32; the vertices it keeps must come back as the ring's own
+    # float64 values, bit for bit (0.1234567 and 10.000000123 have no float32 twin).
+    ring = np.array([[0.1234567, 0], [5, 1e-7], [10.000000123, 0], [10, 10], [0, 10.000000123]])
+    assert not np.array_equal(ring.astype(np.float32).astype(np.float64), ring)
+    for max_vertices in (None, 4):
+        simplified = g._simplify_ring(ring, 0.5, max_vertices)
+        assert simplified.dtype == np.float64
+        assert sorted(map(tuple, simplified.tolist())) == [
+            (0.0, 10.000000123),
+            (0.1234567, 0.0),
+            (10.0, 10.0),
+            (10.000000123, 0.0),
+        ]
 
 
 # ------------------------------------------------------------------ heatmaps
