@@ -39,13 +39,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from camlabel import aws
 from camlabel.backends.base import (
     AnnotationResult,
     Backend,
@@ -60,7 +61,6 @@ from camlabel.backends.groundtruth.validate import validate_request
 from camlabel.errors import (
     AnnotationError,
     BackendError,
-    BackendUnavailable,
     CamlabelError,
     ConfigError,
     ValidationError,
@@ -297,56 +297,35 @@ class GroundTruthBackend(Backend):
         for key in ((service, "*"), (service, region)):
             if key in self._clients:
                 return self._clients[key]
-        import boto3
-        from botocore.config import Config
-
-        cfg = Config(
-            region_name=region,
+        client = aws.client(
+            service,
+            region,
+            endpoint_url=self.settings.endpoint_url,
             connect_timeout=self.settings.connect_timeout,
             read_timeout=self.settings.read_timeout,
-            retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
-        )
-        client = boto3.session.Session().client(
-            service, endpoint_url=self.settings.endpoint_url, config=cfg
+            max_attempts=self.settings.max_attempts,
         )
         self._clients[(service, region)] = client
         return client
 
-    def _call(self, service: str, operation: str, region: str | None = None, **params: Any) -> Any:
-        """Validate ``params`` offline, then call; AWS errors become camlabel errors."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ConnectionError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            ReadTimeoutError,
-        )
+    def _call(
+        self,
+        service: str,
+        operation: str,
+        region: str | None = None,
+        *,
+        what: str | None = None,
+        missing: Collection[str] = (),
+        **params: Any,
+    ) -> Any:
+        """Validate ``params`` offline, then call; AWS errors become camlabel errors.
 
+        ``what`` names the call in errors (default ``service:operation``); a refusal whose
+        code is in ``missing`` returns None (see :func:`camlabel.aws.call`).
+        """
         validate_request(service, operation, params)
-        client = self._client(service, region)
-        method = getattr(client, _snake(operation))
-        try:
-            return method(**params)
-        except NoCredentialsError as exc:
-            raise ConfigError(
-                f"no AWS credentials for {service}:{operation}",
-                hint="configure credentials (AWS_PROFILE, aws sso login, an instance role...)",
-            ) from exc
-        except (EndpointConnectionError, ConnectionError, ReadTimeoutError) as exc:
-            raise BackendUnavailable(
-                f"{service}:{operation} failed: {exc}",
-                hint="check the network, --region and --endpoint-url / AWS_ENDPOINT_URL",
-            ) from exc
-        except BotoCoreError as exc:
-            raise BackendError(f"{service}:{operation} failed: {exc}") from exc
-
-    def _client_error(self, exc: Any, what: str) -> BackendError:
-        err = exc.response.get("Error", {})
-        code, msg = err.get("Code", "?"), err.get("Message", "")
-        hint = None
-        if code in ("AccessDenied", "AccessDeniedException", "403"):
-            hint = "the credentials (or the job's role) lack a permission: see docs/groundtruth.md (IAM)"
-        return BackendError(f"{what}: {code}: {msg}".rstrip(": "), hint=hint)
+        method = getattr(self._client(service, region), _snake(operation))
+        return aws.call(lambda: method(**params), what or f"{service}:{operation}", missing=missing)
 
     # -- push -----------------------------------------------------------------------------
     def push(
@@ -410,14 +389,14 @@ class GroundTruthBackend(Backend):
         else:
             uploaded, skipped = self._upload_all(plan.uploads, progress=progress)
             report.details.update({"uploaded": uploaded, "unchanged_objects": skipped})
-            try:
-                self._call("sagemaker", "CreateLabelingJob", **plan.request)
-            except Exception as exc:
-                if not _is_client_error(exc):
-                    raise
-                code = exc.response.get("Error", {}).get("Code")  # type: ignore[attr-defined]
-                if code != "ResourceInUse":
-                    raise self._client_error(exc, f"CreateLabelingJob {plan.job_name}") from exc
+            created = self._call(
+                "sagemaker",
+                "CreateLabelingJob",
+                what=f"CreateLabelingJob {plan.job_name}",
+                missing=("ResourceInUse",),
+                **plan.request,
+            )
+            if created is None:
                 # Another run created the same job between Describe and Create.
                 report.details["job_created"] = False
                 report.already_present.update(refs)
@@ -673,16 +652,15 @@ class GroundTruthBackend(Backend):
 
     def _describe_job(self, job: str, region: str | None = None) -> dict[str, Any] | None:
         """DescribeLabelingJob; None when the job does not exist."""
-        try:
-            resp = self._call("sagemaker", "DescribeLabelingJob", region, LabelingJobName=job)
-        except Exception as exc:
-            if _is_client_error(exc):
-                code = exc.response.get("Error", {}).get("Code")  # type: ignore[attr-defined]
-                if code in ("ResourceNotFound", "ResourceNotFoundException"):
-                    return None
-                raise self._client_error(exc, f"DescribeLabelingJob {job}") from exc
-            raise
-        return dict(resp)
+        resp = self._call(
+            "sagemaker",
+            "DescribeLabelingJob",
+            region,
+            what=f"DescribeLabelingJob {job}",
+            missing=("ResourceNotFound", "ResourceNotFoundException"),
+            LabelingJobName=job,
+        )
+        return None if resp is None else dict(resp)
 
     def _upload_all(self, uploads: Sequence[_Upload], *, progress: bool) -> tuple[int, int]:
         from camlabel.progress import progress_bar
@@ -699,17 +677,16 @@ class GroundTruthBackend(Backend):
         return uploaded, skipped
 
     def _same_object_exists(self, up: _Upload) -> bool:
-        try:
-            head = self._call("s3", "HeadObject", Bucket=self.settings.bucket, Key=up.key)
-        except Exception as exc:
-            if _is_client_error(exc):
-                code = str(exc.response.get("Error", {}).get("Code"))  # type: ignore[attr-defined]
-                if code in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise self._client_error(
-                    exc, f"HeadObject s3://{self.settings.bucket}/{up.key}"
-                ) from exc
-            raise
+        head = self._call(
+            "s3",
+            "HeadObject",
+            what=f"HeadObject s3://{self.settings.bucket}/{up.key}",
+            missing=_NO_SUCH_KEY,
+            Bucket=self.settings.bucket,
+            Key=up.key,
+        )
+        if head is None:
+            return False
         return bool(head.get("Metadata", {}).get(HASH_METADATA_KEY) == up.sha256)
 
     def _put(self, up: _Upload) -> None:
@@ -725,14 +702,9 @@ class GroundTruthBackend(Backend):
             params["SSEKMSKeyId"] = self.settings.kms_key
         else:
             params["ServerSideEncryption"] = "AES256"
-        try:
-            self._call("s3", "PutObject", **params)
-        except Exception as exc:
-            if _is_client_error(exc):
-                raise self._client_error(
-                    exc, f"PutObject s3://{self.settings.bucket}/{up.key}"
-                ) from exc
-            raise
+        self._call(
+            "s3", "PutObject", what=f"PutObject s3://{self.settings.bucket}/{up.key}", **params
+        )
 
     # -- pull -----------------------------------------------------------------------------
     def pull(
@@ -843,17 +815,16 @@ class GroundTruthBackend(Backend):
         return state
 
     def _get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        try:
-            resp = self._call("s3", "GetObject", Bucket=bucket, Key=key)
-        except Exception as exc:
-            if _is_client_error(exc):
-                code = str(exc.response.get("Error", {}).get("Code"))  # type: ignore[attr-defined]
-                if code in ("NoSuchKey", "404", "NotFound"):
-                    raise AnnotationError(
-                        f"the S3 object s3://{bucket}/{key} does not exist"
-                    ) from exc
-                raise self._client_error(exc, f"GetObject s3://{bucket}/{key}") from exc
-            raise
+        resp = self._call(
+            "s3",
+            "GetObject",
+            what=f"GetObject s3://{bucket}/{key}",
+            missing=_NO_SUCH_KEY,
+            Bucket=bucket,
+            Key=key,
+        )
+        if resp is None:
+            raise AnnotationError(f"the S3 object s3://{bucket}/{key} does not exist")
         return resp["Body"].read(), str(resp.get("ETag", ""))
 
     def _list(self, bucket: str, prefix: str) -> Iterator[str]:
@@ -862,12 +833,9 @@ class GroundTruthBackend(Backend):
             params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
             if token:
                 params["ContinuationToken"] = token
-            try:
-                resp = self._call("s3", "ListObjectsV2", **params)
-            except Exception as exc:
-                if _is_client_error(exc):
-                    raise self._client_error(exc, f"ListObjectsV2 s3://{bucket}/{prefix}") from exc
-                raise
+            resp = self._call(
+                "s3", "ListObjectsV2", what=f"ListObjectsV2 s3://{bucket}/{prefix}", **params
+            )
             for obj in resp.get("Contents", []):
                 yield obj["Key"]
             if not resp.get("IsTruncated"):
@@ -1117,6 +1085,8 @@ class GroundTruthBackend(Backend):
         return AnnotationResult(ann, mask)
 
 
+#: The codes of S3's answer for an absent object (HeadObject has no body, so only "404").
+_NO_SUCH_KEY = ("404", "NoSuchKey", "NotFound")
 #: CreateLabelingJob fields and the settings behind them (for error hints).
 _FIELD_FLAGS = {
     "RoleArn": "--role-arn",
@@ -1134,12 +1104,6 @@ _FIELD_FLAGS = {
     "TaskDescription": "task_description",
     "TaskKeywords": "keywords",
 }
-
-
-def _is_client_error(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError)
 
 
 def _snake(operation: str) -> str:
