@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from camlabel.backends.groundtruth.backend import (
+from camlabel.backends.groundtruth.plan import (
     ADJUSTMENT_TASK,
     BUILTIN_LAMBDA_ACCOUNTS,
     builtin_lambda_arn,

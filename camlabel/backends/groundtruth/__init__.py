@@ -4,6 +4,7 @@ format conversion and offline request validation.
 Importing the package loads no AWS SDK: boto3/botocore are imported on first use.
 """
 
-from camlabel.backends.groundtruth.backend import GroundTruthBackend, GroundTruthSettings
+from camlabel.backends.groundtruth.backend import GroundTruthBackend
+from camlabel.backends.groundtruth.settings import GroundTruthSettings
 
 __all__ = ["GroundTruthBackend", "GroundTruthSettings"]
