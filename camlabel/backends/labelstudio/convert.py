@@ -1,20 +1,31 @@
-"""Label Studio annotations -> camlabel masks, and the brush RLE codec.
+"""Label Studio annotations -> camlabel records and masks, and the brush RLE codec.
 
-Pure functions: no request is made here. :func:`brush_rle_to_mask` / :func:`mask_to_brush_rle`
-read and write Label Studio's ``brushlabels`` masks; the points of polygon regions use
-camlabel's pixel convention through :func:`camlabel.geometry.pct_to_px`
-(see docs/pixel-convention.md).
+Pure functions: no request is made here (a project's predictions and user names are fetched
+by the lazy helpers of :mod:`camlabel.backends.labelstudio.tasks` only when an annotation
+needs them). Polygon points are percent of ``original_width``/``original_height`` and become
+pixels through :func:`camlabel.geometry.pct_to_px`; brush strokes are read with
+:func:`brush_rle_to_mask` (see docs/pixel-convention.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from camlabel.errors import GeometryError
+from camlabel.backends.base import AnnotationResult
+from camlabel.backends.labelstudio.tasks import (
+    BRUSH_FROM,
+    CLASS_FROM,
+    POLYGON_FROM,
+    LazyPredictions,
+    LazyUsers,
+    utc_timestamp,
+)
+from camlabel.errors import AnnotationError, CamlabelError, GeometryError
+from camlabel.records import Annotation
 
 BoolArray = npt.NDArray[np.bool_]
 UInt8Array = npt.NDArray[np.uint8]
@@ -298,3 +309,158 @@ def mask_to_brush_rle(mask: npt.ArrayLike) -> list[int]:
     run_start = _run_starts(flat)
     run_len = np.diff(np.append(run_start, flat.size)) * 4
     return _encode_runs(np.where(flat[run_start], 255, 0), run_len, flat.size * 4)
+
+
+def convert_annotation(
+    ann: Mapping[str, Any],
+    task_id: str,
+    width: int,
+    height: int,
+    prediction: Mapping[str, Any] | None = None,
+    users: LazyUsers | None = None,
+) -> AnnotationResult:
+    """One Label Studio annotation -> an :class:`Annotation` record and its mask (original size)."""
+    from camlabel.geometry import PolygonPx, pct_to_px, polygons_to_mask
+
+    ann_id = str(ann.get("id"))
+    who = ann.get("completed_by")
+    annotator = users.name(who) if users is not None else str(who)
+    created = utc_timestamp(ann.get("created_at"))
+    updated = utc_timestamp(ann.get("updated_at")) or created
+    lead = ann.get("lead_time")
+    common: dict[str, Any] = {
+        "backend": "labelstudio",
+        "annotation_id": ann_id,
+        "annotator": annotator,
+        "created_at": created,
+        "updated_at": updated,
+        "lead_time_s": float(lead) if isinstance(lead, int | float) else None,
+    }
+    if ann.get("was_cancelled"):
+        return AnnotationResult(Annotation(status="skipped", **common), None)
+    polys: list[PolygonPx] = []
+    brush = np.zeros((height, width), dtype=bool)
+    has_brush = False
+    class_choice: str | None = None
+    regions: list[Mapping[str, Any]] = []
+    for r in ann.get("result") or []:
+        if not isinstance(r, Mapping):
+            continue
+        kind = r.get("type")
+        value = r.get("value") or {}
+        if kind == "choices" and r.get("from_name") == CLASS_FROM:
+            choices = value.get("choices") or []
+            class_choice = str(choices[0]) if choices else None
+            continue
+        if kind not in ("polygonlabels", "brushlabels", "polygon"):
+            continue
+        ow, oh = r.get("original_width"), r.get("original_height")
+        if ow is not None and oh is not None and (int(ow), int(oh)) != (width, height):
+            raise AnnotationError(
+                f"task {task_id}, annotation {ann_id}: drawn on a {ow}x{oh} image but the image is "
+                f"{width}x{height} px (original_width x original_height must equal the image size)",
+                hint="the task shows a different picture than the one registered; re-push the image "
+                "(camlabel push-jobs) and annotate the new task",
+            )
+        regions.append(r)
+        if kind == "brushlabels":
+            rle = value.get("rle")
+            if rle:
+                try:
+                    brush |= brush_rle_to_mask(rle, height, width)
+                except CamlabelError as exc:
+                    raise AnnotationError(
+                        f"task {task_id}, annotation {ann_id}: brush stroke cannot be decoded ({exc.message})"
+                    ) from None
+                has_brush = True
+            continue
+        pts = value.get("points") or []
+        if len(pts) < 3:
+            continue  # an unfinished polygon covers nothing
+        try:
+            polys.append(PolygonPx(pct_to_px(pts, width, height)))
+        except CamlabelError as exc:
+            raise AnnotationError(
+                f"task {task_id}, annotation {ann_id}: invalid polygon points ({exc.message})"
+            ) from None
+    mask = polygons_to_mask(polys, height, width) | brush
+    record = Annotation(
+        status="submitted",
+        polygons=tuple(p.to_json() for p in polys),
+        has_brush=has_brush,
+        accepted_unchanged=_accepted_unchanged(regions, prediction),
+        class_choice=class_choice,
+        **common,
+    )
+    return AnnotationResult(record, mask)
+
+
+def prediction_for(
+    ann: Mapping[str, Any], task: Mapping[str, Any], predictions: LazyPredictions | None
+) -> dict[str, Any] | None:
+    """The prediction an annotation is compared with for ``accepted_unchanged`` (None: there is none)."""
+    embedded = ann.get("prediction")
+    if isinstance(embedded, Mapping) and embedded.get("result"):
+        return dict(embedded)  # the prediction this annotation started from
+    preds = list(task.get("predictions") or [])
+    if not preds:
+        return None
+    if all(isinstance(p, Mapping) for p in preds):
+        return _camlabel_prediction(preds)
+    regions = [
+        r
+        for r in ann.get("result") or []
+        if isinstance(r, Mapping) and r.get("from_name") in (POLYGON_FROM, BRUSH_FROM)
+    ]
+    if any(r.get("origin") != "prediction" for r in regions) or predictions is None:
+        return {"result": []}  # some region is the annotator's own: not accepted unchanged
+    return _camlabel_prediction(predictions.of(int(task.get("id") or 0)))
+
+
+def _camlabel_prediction(predictions: Sequence[Any]) -> dict[str, Any] | None:
+    """The (latest) prediction that carries camlabel polygons, else the latest one, else None."""
+    preds = [p for p in predictions if isinstance(p, Mapping)]
+    preds.sort(key=lambda p: int(p.get("id") or 0))
+    for p in reversed(preds):
+        if any(
+            isinstance(r, Mapping) and r.get("from_name") == POLYGON_FROM
+            for r in p.get("result") or []
+        ):
+            return dict(p)
+    return dict(preds[-1]) if preds else None
+
+
+def _accepted_unchanged(
+    regions: Sequence[Mapping[str, Any]], prediction: Mapping[str, Any] | None
+) -> bool | None:
+    """True when every lesion region came from the prediction unchanged (origin and points).
+
+    None when there was no prediction to accept.
+    """
+    if prediction is None:
+        return None
+    predicted = [
+        r.get("value", {}).get("points") or []
+        for r in prediction.get("result") or []
+        if isinstance(r, Mapping) and r.get("from_name") == POLYGON_FROM
+    ]
+    if len(regions) != len(predicted):
+        return False
+    if any(r.get("origin") != "prediction" or r.get("type") != "polygonlabels" for r in regions):
+        return False
+    drawn = [r.get("value", {}).get("points") or [] for r in regions]
+    remaining = [np.asarray(p, dtype=np.float64) for p in predicted]
+    for pts in drawn:
+        a = np.asarray(pts, dtype=np.float64)
+        hit = next(
+            (
+                i
+                for i, b in enumerate(remaining)
+                if a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6)
+            ),
+            None,
+        )
+        if hit is None:
+            return False
+        remaining.pop(hit)
+    return True
