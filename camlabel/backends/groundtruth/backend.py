@@ -22,8 +22,9 @@ records, never SDK objects.
   ``WS/exports/groundtruth-<job>/`` and makes no network call at all.
 
 ``adjustment`` jobs use the built-in PRE-/ACS-AdjustmentSemanticSegmentation Lambdas of the
-region (:data:`~camlabel.backends.groundtruth.plan.BUILTIN_LAMBDA_ACCOUNTS`); ``polygon`` jobs use the two Lambdas of
-``camlabel/lambdas`` deployed by the user (``pre_lambda_arn``, ``acs_lambda_arn``).
+region (:data:`~camlabel.backends.groundtruth.plan.BUILTIN_LAMBDA_ACCOUNTS`); ``polygon`` jobs
+use the two Lambdas of ``camlabel/lambdas`` deployed by the user (``pre_lambda_arn``,
+``acs_lambda_arn``).
 
 **pull** describes each job (InProgress/Stopped/Failed are reported, not raised), reads the
 output manifest and turns each object into masks at the original resolution: semantic
