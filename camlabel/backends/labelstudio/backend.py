@@ -681,14 +681,5 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
             annotations=tuple(results),
         )
 
-    def convert_annotation(
-        self,
-        ann: Mapping[str, Any],
-        task_id: str,
-        width: int,
-        height: int,
-        prediction: Mapping[str, Any] | None = None,
-        users: LazyUsers | None = None,
-    ) -> AnnotationResult:
-        """One Label Studio annotation -> an :class:`Annotation` record and its mask (original size)."""
-        return convert_annotation(ann, task_id, width, height, prediction, users)
+    #: One annotation -> its record and mask (a method for callers holding the backend).
+    convert_annotation = staticmethod(convert_annotation)
