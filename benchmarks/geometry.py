@@ -28,6 +28,7 @@ from pycocotools import mask as coco_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from camlabel import geometry as g
+from camlabel.backends.labelstudio import convert as lsconv
 
 SHARED_DATA = Path(
     os.environ.get("CAMLABEL_SHARED_DATA")
@@ -170,15 +171,17 @@ def bench_rle(seed: int, rounds: int) -> list[str]:
         u8 = mask.astype(np.uint8) * 255
         n = mask.size * 4
         sdk_rle = brush.mask2rle(u8)
-        our_rle = g.mask_to_brush_rle(mask)
+        our_rle = lsconv.mask_to_brush_rle(mask)
         expected = brush.decode_rle(sdk_rle)
-        assert np.array_equal(g.rle_decode(sdk_rle, n), expected), "decode differs from the SDK"
-        assert np.array_equal(g.rle_decode(our_rle, n), expected), "our encoding differs"
+        assert np.array_equal(lsconv.rle_decode(sdk_rle, n), expected), (
+            "decode differs from the SDK"
+        )
+        assert np.array_equal(lsconv.rle_decode(our_rle, n), expected), "our encoding differs"
         assert np.array_equal(brush.decode_rle(our_rle), expected), "SDK cannot read ours"
         t_sdk = best_of(3, lambda r=sdk_rle: brush.decode_rle(r))
-        t_ours = best_of(rounds, lambda r=sdk_rle, k=n: g.rle_decode(r, k))
+        t_ours = best_of(rounds, lambda r=sdk_rle, k=n: lsconv.rle_decode(r, k))
         t_sdk_enc = best_of(3, lambda m=u8: brush.mask2rle(m))
-        t_ours_enc = best_of(rounds, lambda m=mask: g.mask_to_brush_rle(m))
+        t_ours_enc = best_of(rounds, lambda m=mask: lsconv.mask_to_brush_rle(m))
         runs = int(np.count_nonzero(np.diff(np.repeat(u8.ravel(), 4)))) + 1
         lines.append(
             f"| {name} | {len(sdk_rle):,} / {len(our_rle):,} | {runs:,} | {t_sdk * 1e3:.1f} ms "

@@ -36,10 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from camlabel import labelstudio_server as srv
 from camlabel.backends.base import PushItem
 from camlabel.backends.labelstudio import LabelStudioBackend
-from camlabel.geometry import mask_to_brush_rle, px_to_pct
+from camlabel.backends.labelstudio import server as srv
+from camlabel.backends.labelstudio.convert import mask_to_brush_rle
+from camlabel.geometry import px_to_pct
 from camlabel.records import JobRef, Preannotation
 from camlabel.workspace import Workspace
 

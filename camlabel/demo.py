@@ -114,7 +114,7 @@ def run_demo(
     poll_s: float = 10.0,
 ) -> dict[str, Any]:
     """Run the loop end to end; returns the summary also written to ``reports/summary.json``."""
-    from camlabel import labelstudio_server as lss
+    from camlabel.backends.labelstudio import server as lss
     from camlabel.classify import (
         evaluate_classifier,
         load_heatmap,
@@ -324,7 +324,7 @@ def _simulate(
     ws: Workspace, jobs: dict[str, Any], truth: dict[str, dict[str, str]], s: DemoSettings
 ) -> Any:
     from camlabel.backends.base import get_backend
-    from camlabel.backends.labelstudio_sim import simulate_annotators
+    from camlabel.backends.labelstudio.simulate import simulate_annotators
     from camlabel.imaging import read_mask_png
     from camlabel.loop import preannotation_mask
 

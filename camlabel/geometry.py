@@ -1,4 +1,4 @@
-"""Pure geometry: polygons <-> masks, percent <-> pixels, heatmaps -> polygons, RLE codecs.
+"""Pure geometry: polygons <-> masks, percent <-> pixels, heatmaps -> polygons, mask metrics.
 
 Pixel convention (the whole of camlabel uses it; see docs/pixel-convention.md)
 ------------------------------------------------------------------------------
@@ -15,7 +15,11 @@ Pixel convention (the whole of camlabel uses it; see docs/pixel-convention.md)
 * Each :class:`PolygonPx` is filled with the even-odd rule over its exterior and holes
   (identical to "exterior minus holes" for a valid polygon); several polygons are united.
 
-Everything here is a pure function of its arguments: no I/O, no global state.
+Everything here is a pure function of its arguments: no I/O, no global state. Annotation
+formats are not here: the Label Studio brush RLE codec is in
+:mod:`camlabel.backends.labelstudio.convert`, Ground Truth vertices and colour maps in
+:mod:`camlabel.backends.groundtruth.convert`; both build on the validators
+:func:`as_points`, :func:`as_mask` and :func:`check_size`.
 """
 
 from __future__ import annotations
@@ -30,41 +34,34 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from camlabel.errors import AnnotationError, GeometryError
+from camlabel.errors import GeometryError
 
 __all__ = [
     "PolygonPx",
-    "brush_rle_to_mask",
-    "class_mask_to_color_mask",
-    "color_mask_to_class_mask",
+    "as_mask",
+    "as_points",
+    "check_size",
     "dice",
-    "gt_vertices_to_px",
     "heatmap_to_polygons",
     "iou",
-    "mask_to_brush_rle",
     "mask_to_polygons",
     "pairwise_dice",
     "pct_to_px",
     "polygon_bbox",
     "polygons_to_mask",
-    "px_to_gt_vertices",
     "px_to_pct",
     "repair_polygon",
     "resize_polygon",
-    "rle_decode",
-    "rle_encode",
     "scale_polygons",
     "threshold_heatmap",
 ]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
-UInt8Array = npt.NDArray[np.uint8]
-Int16Array = npt.NDArray[np.int16]
 
 
 # =============================================================================== points
-def _as_points(value: Any, what: str, *, min_points: int = 0, copy: bool = True) -> FloatArray:
+def as_points(value: Any, what: str, *, min_points: int = 0, copy: bool = True) -> FloatArray:
     """``value`` as a float64 ``(N, 2)`` array of finite xy points, or GeometryError.
 
     ``copy=False`` may return ``value`` itself (for read-only use).
@@ -131,11 +128,11 @@ class PolygonPx:
     holes: tuple[FloatArray, ...] = ()
 
     def __post_init__(self) -> None:
-        ext = _as_points(self.exterior, "polygon exterior", min_points=3)
+        ext = as_points(self.exterior, "polygon exterior", min_points=3)
         ext.setflags(write=False)
         holes = []
         for i, h in enumerate(self.holes):
-            ring = _as_points(h, f"polygon hole {i}", min_points=3)
+            ring = as_points(h, f"polygon hole {i}", min_points=3)
             ring.setflags(write=False)
             holes.append(ring)
         object.__setattr__(self, "exterior", ext)
@@ -193,11 +190,11 @@ class PolygonPx:
 def _rings_of(polygon: PolygonPx | npt.ArrayLike, what: str) -> list[FloatArray]:
     if isinstance(polygon, PolygonPx):
         return [polygon.exterior, *polygon.holes]
-    return [_as_points(polygon, what, copy=False)]
+    return [as_points(polygon, what, copy=False)]
 
 
 # ===================================================================== polygons -> mask
-def _check_size(height: int, width: int) -> tuple[int, int]:
+def check_size(height: int, width: int) -> tuple[int, int]:
     h, w = int(height), int(width)
     if h != height or w != width or h < 1 or w < 1:
         raise GeometryError(
@@ -222,7 +219,7 @@ def polygons_to_mask(
             Rings with fewer than 3 vertices cover nothing. Parts outside the image are clipped.
         height, width: output size in pixels.
     """
-    h, w = _check_size(height, width)
+    h, w = check_size(height, width)
     mask = np.zeros((h, w), dtype=np.bool_)
     rings: list[FloatArray] = []
     owner: list[int] = []
@@ -316,7 +313,7 @@ def _fill_spans(
 
 
 # ===================================================================== mask -> polygons
-def _as_mask(mask: Any, what: str = "mask") -> BoolArray:
+def as_mask(mask: Any, what: str = "mask") -> BoolArray:
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise GeometryError(
@@ -470,7 +467,7 @@ def mask_to_polygons(
         max_vertices: cap on the vertices of each ring (exterior or hole): the tolerance is
             raised (x1.5 steps from ``max(epsilon_px, 0.25)``) until the cap holds.
     """
-    m = _as_mask(mask)
+    m = as_mask(mask)
     return _postprocess(
         _trace_boundaries(np.ascontiguousarray(m)),
         min_area_px=min_area_px,
@@ -549,7 +546,7 @@ def heatmap_to_polygons(
     mask = threshold_heatmap(heatmap, threshold=threshold)
     polygons = _trace_boundaries(mask)
     if out_height is not None and out_width is not None:
-        oh, ow = _check_size(out_height, out_width)
+        oh, ow = check_size(out_height, out_width)
         polygons = scale_polygons(polygons, ow / mask.shape[1], oh / mask.shape[0])
     return _postprocess(
         polygons, min_area_px=min_area_px, epsilon_px=epsilon_px, max_vertices=max_vertices
@@ -579,7 +576,7 @@ def scale_polygons(polygons: Sequence[PolygonPx], sx: float, sy: float) -> list[
 
 def polygon_bbox(poly: PolygonPx | npt.ArrayLike) -> tuple[float, float, float, float]:
     """``(x_min, y_min, x_max, y_max)`` in px of a polygon's exterior (or of xy points)."""
-    pts = poly.exterior if isinstance(poly, PolygonPx) else _as_points(poly, "points", min_points=1)
+    pts = poly.exterior if isinstance(poly, PolygonPx) else as_points(poly, "points", min_points=1)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
@@ -594,36 +591,12 @@ def _check_wh(width: float, height: float) -> FloatArray:
 
 def pct_to_px(points_pct: npt.ArrayLike, width: float, height: float) -> FloatArray:
     """Label Studio percent points (0..100 of ``original_width/height``) to px (0..W, 0..H)."""
-    return _as_points(points_pct, "points_pct") * _check_wh(width, height) / 100.0
+    return as_points(points_pct, "points_pct") * _check_wh(width, height) / 100.0
 
 
 def px_to_pct(points_px: npt.ArrayLike, width: float, height: float) -> FloatArray:
     """Inverse of :func:`pct_to_px`."""
-    return _as_points(points_px, "points_px") * 100.0 / _check_wh(width, height)
-
-
-def gt_vertices_to_px(vertices: Sequence[Mapping[str, Any]]) -> FloatArray:
-    """Ground Truth crowd-polygon vertices ``[{"x": 10, "y": 20}, ...]`` to ``(N, 2)`` px.
-
-    Ground Truth vertices are pixel coordinates with the origin at the top-left corner,
-    i.e. already camlabel's continuous convention; they are only converted to float64.
-    """
-    pts = np.empty((len(vertices), 2), dtype=np.float64)
-    for i, v in enumerate(vertices):
-        try:
-            pts[i] = (float(v["x"]), float(v["y"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GeometryError(
-                f'Ground Truth vertex {i} must be {{"x": number, "y": number}}. Received: {v!r:.80}',
-                hint="pass annotatedResult.polygons[k].vertices unchanged",
-            ) from exc
-    return _as_points(pts, "Ground Truth vertices")
-
-
-def px_to_gt_vertices(points_px: npt.ArrayLike) -> list[dict[str, int]]:
-    """``(N, 2)`` px to Ground Truth vertices, rounded half up to whole pixels."""
-    pts = np.floor(_as_points(points_px, "points_px") + 0.5).astype(np.int64)
-    return [{"x": int(x), "y": int(y)} for x, y in pts]
+    return as_points(points_px, "points_px") * 100.0 / _check_wh(width, height)
 
 
 # ======================================================================== repair_polygon
@@ -640,7 +613,7 @@ def repair_polygon(points_px: npt.ArrayLike, width: float, height: float) -> lis
     """
     import shapely  # deferred: only this function needs GEOS
 
-    pts = _drop_closing_point(_as_points(points_px, "polygon"))
+    pts = _drop_closing_point(as_points(points_px, "polygon"))
     n_distinct = len(np.unique(pts, axis=0))
     if n_distinct < 3:
         raise GeometryError(
@@ -692,406 +665,9 @@ def _polygonal_parts(geom: Any) -> list[Any]:
     return []
 
 
-# ================================================================ Label Studio brush RLE
-# Label Studio stores a brush mask as thi.ng "rle-pack" over the RGBA pixels (H * W * 4
-# values). Stream: 32-bit value count, 5-bit word size - 1, four 4-bit run-length field
-# sizes - 1; then blocks of [1-bit repeat flag][2-bit size index][count - 1 in that many
-# bits] followed by one word (repeat) or `count` words (literal). Bits are MSB first.
-_RLE_SIZES = (3, 4, 8, 16)
-_RLE_MAX_RUN = 1 << _RLE_SIZES[-1]
-
-
-def _rle_bytes(rle: Any) -> bytes:
-    hint = "pass result['value']['rle'] of a brushlabels result unchanged"
-    if isinstance(rle, bytes | bytearray | memoryview):
-        return bytes(rle)
-    if isinstance(rle, np.ndarray):
-        if rle.ndim != 1 or (rle.size and not np.issubdtype(rle.dtype, np.integer)):
-            raise GeometryError(
-                f"brush RLE must be a flat list of integers 0..255. "
-                f"Received: dtype={rle.dtype}, shape={rle.shape}",
-                hint=hint,
-            )
-        if rle.size and (rle.min() < 0 or rle.max() > 255):
-            raise GeometryError(
-                f"brush RLE values must be bytes 0..255. Received: min={rle.min()}, max={rle.max()}",
-                hint=hint,
-            )
-        return rle.astype(np.uint8).tobytes()
-    try:
-        return bytes(rle)  # validates 0..255 and integer type, ~10x faster than np.asarray
-    except (TypeError, ValueError) as exc:
-        raise GeometryError(
-            f"brush RLE must be a flat list of integers 0..255. Received: {rle!r:.80}", hint=hint
-        ) from exc
-
-
-def _read_words(padded: UInt8Array, bit_pos: npt.NDArray[np.int64], word: int) -> UInt8Array:
-    """The ``word``-bit (<= 8) values starting at each bit position, MSB first."""
-    byte = bit_pos >> 3
-    pair = (padded[byte].astype(np.uint16) << 8) | padded[byte + 1]
-    shift = (16 - word - (bit_pos & 7)).astype(np.uint16)
-    return ((pair >> shift) & ((1 << word) - 1)).astype(np.uint8)
-
-
-def rle_decode(rle: Sequence[int] | npt.ArrayLike | bytes, length: int) -> UInt8Array:
-    """Decode Label Studio brush RLE to ``length`` uint8 values (RGBA pixels flattened).
-
-    Output is identical to ``label_studio_sdk.converter.brush.decode_rle`` (~20x faster
-    on a 2048 x 2048 mask, see docs/benchmarks.md); a stream that ends inside its last word,
-    which the SDK decodes by reading the bits that are left, raises GeometryError instead.
-    The run headers are chained in a Python loop that does one table lookup and one append
-    per run (a few thousand for a mask); everything else (header fields, words, expansion)
-    is vectorised with numpy.
-
-    Args:
-        rle: the ``rle`` list of a ``brushlabels`` result (or its bytes).
-        length: expected number of values, ``height * width * 4``; must match the header.
-    """
-    data = _rle_bytes(rle)
-    n_bytes = len(data)
-    n_bits = n_bytes * 8
-    if n_bits < 53:
-        raise GeometryError(
-            f"brush RLE is shorter than its 53-bit header. Received: {n_bytes} bytes",
-            hint="the annotation's rle list is truncated or not Label Studio brush RLE",
-        )
-    head = int.from_bytes(data[:7], "big")
-    num = head >> 24
-    word = ((head >> 19) & 31) + 1
-    sizes = [((head >> (15 - 4 * k)) & 15) + 1 for k in range(4)]
-    if num != length:
-        raise GeometryError(
-            f"brush RLE holds {num} values but {length} were expected",
-            hint="length must be original_height * original_width * 4 (RGBA) of the result",
-        )
-    if word > 8:
-        raise GeometryError(f"brush RLE word size must be <= 8 bits for uint8. Received: {word}")
-    padded = np.frombuffer(data + bytes(8), dtype=np.uint8)
-    # windows[b]: the 32 bits starting at byte b. A header (3 + <= 16 bits) at any bit offset
-    # (<= 7) fits in it, so one lookup per run finds the next run's position.
-    wide = padded.astype(np.uint32)
-    windows = np.asarray(
-        (wide[:n_bytes] << 24)
-        | (wide[1 : n_bytes + 1] << 16)
-        | (wide[2 : n_bytes + 2] << 8)
-        | wide[3 : n_bytes + 3],
-        dtype=np.uint32,
-    )
-    window = memoryview(windows)  # type: ignore[arg-type]  # ndarray is a buffer
-    # Per (repeat flag, size index): shift and mask of the count field, header bits, bits per
-    # counted value (literal runs carry `count` words, repeat runs one).
-    runs = [
-        (29 - n, (1 << n) - 1, 3 + n + (word if flag else 0), 0 if flag else word)
-        for flag in (0, 1)
-        for n in sizes
-    ]
-    # Walk the run headers to the end of the data (the loop's only job, so it stays tight);
-    # the runs past value `num` (at most a padding artefact or two) are cut off below.
-    starts: list[int] = []
-    append = starts.append
-    pos = 53
-    try:
-        while True:
-            bits = window[pos >> 3] << (pos & 7)  # IndexError once pos runs past the data
-            append(pos)
-            shift, count_mask, header, per_value = runs[(bits >> 29) & 7]
-            pos += header + (((bits >> shift) & count_mask) + 1) * per_value
-    except IndexError:
-        pass
-    # Header fields of every run, vectorised.
-    run_pos = np.asarray(starts, dtype=np.int64)
-    bits_at = windows[run_pos >> 3].astype(np.int64) << (run_pos & 7)
-    repeat = ((bits_at >> 31) & 1).astype(np.bool_)
-    n_run = np.asarray(sizes, dtype=np.int64)[(bits_at >> 29) & 3]
-    count_run = ((bits_at >> (29 - n_run)) & ((1 << n_run) - 1)) + 1
-    first_value = np.cumsum(count_run) - count_run
-    n_runs = int(np.searchsorted(first_value, num))  # runs that start before value `num`
-    run_pos, repeat, n_run = run_pos[:n_runs], repeat[:n_runs], n_run[:n_runs]
-    count_run, first_value = count_run[:n_runs], first_value[:n_runs]
-    word_pos = run_pos + 3 + n_run
-    decoded = int(first_value[-1] + count_run[-1]) if n_runs else 0
-    end_bit = int(word_pos[-1] + (word if repeat[-1] else count_run[-1] * word)) if n_runs else 53
-    if decoded < num or end_bit > n_bits:
-        raise GeometryError(
-            f"brush RLE is truncated: its {n_bytes} bytes end before value "
-            f"{min(decoded, num)} of {num}",
-            hint="the annotation's rle list was cut off; re-export it from Label Studio",
-        )
-    value = np.zeros(len(run_pos), dtype=np.uint8)
-    value[repeat] = _read_words(padded, word_pos[repeat], word)
-    out = np.repeat(value, count_run)[:num]
-    literal = ~repeat
-    if literal.any():
-        lit_count = count_run[literal]
-        first = np.cumsum(lit_count) - lit_count
-        k = np.arange(int(lit_count.sum()), dtype=np.int64) - np.repeat(first, lit_count)
-        out_idx = np.repeat(first_value[literal], lit_count) + k
-        bit_idx = np.repeat(word_pos[literal], lit_count) + k * word
-        keep = out_idx < num  # the last run may overshoot; thi.ng drops the excess
-        out[out_idx[keep]] = _read_words(padded, bit_idx[keep], word)
-    return out
-
-
-def rle_encode(values: npt.ArrayLike) -> list[int]:
-    """Encode uint8 values (flattened, C order) as Label Studio brush RLE (byte list).
-
-    Runs of >= 2 equal values become repeat blocks, lone values are grouped into literal
-    blocks; field sizes 3/4/8/16 bits and 8-bit words as Label Studio writes them. The output
-    decodes identically with ``label_studio_sdk.converter.brush.decode_rle``.
-    """
-    v = np.asarray(values)
-    if v.dtype != np.uint8 and (
-        not np.issubdtype(v.dtype, np.integer) or (v.size and (v.min() < 0 or v.max() > 255))
-    ):
-        raise GeometryError(
-            f"brush RLE encodes integers 0..255. Received: dtype={v.dtype}"
-            + (f", min={v.min()}, max={v.max()}" if v.size else ""),
-            hint="convert a bool mask with mask.astype(np.uint8) * 255",
-        )
-    v = v.reshape(-1)
-    run_start = _run_starts(v)
-    return _encode_runs(v[run_start], np.diff(np.append(run_start, v.size)), v.size)
-
-
-def _run_starts(flat: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """Indices where a new run of equal values begins (0 first; empty for empty input)."""
-    if flat.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1)).astype(np.int64)
-
-
-def _encode_runs(values: npt.NDArray[Any], run_len: npt.NDArray[np.int64], n: int) -> list[int]:
-    """RLE stream for consecutive runs (``values[k]`` repeated ``run_len[k]`` times)."""
-    if n >= 1 << 32:
-        raise GeometryError(f"brush RLE holds at most 2**32 - 1 values. Received: {n}")
-    header_v = [n, 7, *(s - 1 for s in _RLE_SIZES)]
-    header_w = [32, 5, 4, 4, 4, 4]
-    if n == 0:
-        return _pack_fields(np.array(header_v, np.uint64), np.array(header_w, np.int64))
-    run_val = values.astype(np.uint64)
-    single = run_len == 1
-    # Repeat blocks: one per run of >= 2, split into pieces of at most 2**16.
-    rep_runs = np.flatnonzero(~single)
-    pieces = -(-run_len[rep_runs] // _RLE_MAX_RUN)
-    rep_block_run = np.repeat(rep_runs, pieces)
-    rep_first = np.cumsum(pieces) - pieces
-    piece_idx = np.arange(len(rep_block_run)) - np.repeat(rep_first, pieces)
-    rep_count = np.minimum(run_len[rep_block_run] - piece_idx * _RLE_MAX_RUN, _RLE_MAX_RUN).astype(
-        np.int64
-    )
-    # Literal blocks: maximal stretches of single values, split every 2**16 values.
-    sgl = np.flatnonzero(single)
-    stretch_start = np.ones(len(sgl), dtype=np.bool_)
-    stretch_start[1:] = sgl[1:] != sgl[:-1] + 1
-    stretch_id = np.cumsum(stretch_start) - 1
-    stretch_first = np.flatnonzero(stretch_start)
-    within = np.arange(len(sgl)) - stretch_first[stretch_id]
-    lit_start = np.flatnonzero(within % _RLE_MAX_RUN == 0)
-    lit_block_run = sgl[lit_start]
-    lit_count = np.diff(np.append(lit_start, len(sgl))).astype(np.int64)
-    # Interleave in stream order (stable: a run's pieces keep their order).
-    block_run = np.concatenate((rep_block_run, lit_block_run))
-    order = np.argsort(block_run, kind="stable")
-    is_rep = np.concatenate((np.ones(len(rep_block_run), bool), np.zeros(len(lit_start), bool)))[
-        order
-    ]
-    count = np.concatenate((rep_count, lit_count))[order]
-    size_idx = np.searchsorted(np.array([1 << s for s in _RLE_SIZES]), count)
-    size_bits = np.array(_RLE_SIZES, dtype=np.int64)[size_idx]
-    head_w = 3 + size_bits
-    head_v = (
-        (is_rep.astype(np.uint64) << (size_bits + 2).astype(np.uint64))
-        | (size_idx.astype(np.uint64) << size_bits.astype(np.uint64))
-        | (count - 1).astype(np.uint64)
-    )
-    n_words = np.where(is_rep, 1, count)
-    # Fields: each block's header followed by its words.
-    field_count = len(count) + int(n_words.sum())
-    head_at = np.cumsum(1 + n_words) - (1 + n_words)
-    field_v = np.empty(field_count, dtype=np.uint64)
-    field_w = np.full(field_count, 8, dtype=np.int64)
-    field_v[head_at] = head_v
-    field_w[head_at] = head_w
-    is_word = np.ones(field_count, dtype=np.bool_)
-    is_word[head_at] = False
-    # Words in stream order: one per single run, one per piece of a longer run.
-    field_v[is_word] = np.repeat(run_val, np.where(single, 1, -(-run_len // _RLE_MAX_RUN)))
-    return _pack_fields(
-        np.concatenate((np.array(header_v, np.uint64), field_v)),
-        np.concatenate((np.array(header_w, np.int64), field_w)),
-    )
-
-
-def _pack_fields(field_v: npt.NDArray[np.uint64], field_w: npt.NDArray[np.int64]) -> list[int]:
-    """Concatenate fields (value, width <= 32 bits, MSB first) into bytes, zero-padded."""
-    chunks: list[UInt8Array] = []
-    carry: npt.NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
-    step = 1 << 20
-    col = np.arange(32)
-    for lo in range(0, len(field_v), step):
-        v, w = field_v[lo : lo + step], field_w[lo : lo + step]
-        aligned = (v << (32 - w).astype(np.uint64)).astype(">u4")
-        bits = np.unpackbits(aligned.view(np.uint8).reshape(-1, 4), axis=1)
-        bits = np.concatenate((carry, bits[col < w[:, None]]))
-        whole = len(bits) // 8 * 8
-        chunks.append(np.packbits(bits[:whole]))
-        carry = bits[whole:]
-    if carry.size:
-        chunks.append(np.packbits(carry))
-    return list(np.concatenate(chunks).tolist())
-
-
-def brush_rle_to_mask(
-    rle: Sequence[int] | npt.ArrayLike | bytes, height: int, width: int
-) -> BoolArray:
-    """Label Studio brush RLE to a bool ``height x width`` mask (alpha channel > 0).
-
-    Label Studio paints brush strokes into RGBA and the SDK's own converter
-    (``decode_from_annotation``) keeps the alpha channel, so this does the same.
-    """
-    h, w = _check_size(height, width)
-    rgba = rle_decode(rle, h * w * 4).reshape(h, w, 4)
-    return rgba[:, :, 3] > 0
-
-
-def mask_to_brush_rle(mask: npt.ArrayLike) -> list[int]:
-    """A 2-D mask to Label Studio brush RLE: 255 in all four RGBA channels where set.
-
-    Same pixels as ``label_studio_sdk.converter.brush.mask2rle(mask.astype(np.uint8) * 255)``
-    (the encoding itself is more compact).
-    """
-    flat = _as_mask(mask).reshape(-1)
-    # Every pixel is 4 equal values, so the runs are the pixel runs x 4: no RGBA array needed.
-    run_start = _run_starts(flat)
-    run_len = np.diff(np.append(run_start, flat.size)) * 4
-    return _encode_runs(np.where(flat[run_start], 255, 0), run_len, flat.size * 4)
-
-
-# ============================================================= Ground Truth colour masks
-def _parse_hex(hex_color: Any, where: str) -> int:
-    s = str(hex_color).strip().lstrip("#")
-    if len(s) == 3:
-        s = "".join(ch * 2 for ch in s)
-    try:
-        if len(s) != 6:
-            raise ValueError(s)
-        return int(s, 16)
-    except ValueError as exc:
-        raise AnnotationError(
-            f"{where}: hex-color must look like '#rrggbb'. Received: {hex_color!r}"
-        ) from exc
-
-
-def _parse_color_map(
-    color_map: Mapping[str, Mapping[str, Any]],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], list[str]]:
-    """(class indices, packed 0xRRGGBB colours, descriptions) of an internal-color-map."""
-    if not isinstance(color_map, Mapping) or not color_map:
-        raise AnnotationError(
-            f"internal-color-map must be a non-empty mapping. Received: {color_map!r:.120}",
-            hint='expected {"0": {"class-name": "BACKGROUND", "hex-color": "#ffffff"}, ...}',
-        )
-    indices: list[int] = []
-    colors: list[int] = []
-    names: list[str] = []
-    for key, entry in color_map.items():
-        try:
-            idx = int(key)
-        except (TypeError, ValueError) as exc:
-            raise AnnotationError(
-                f"internal-color-map keys must be class indices like '0'. Received: {key!r}"
-            ) from exc
-        if not isinstance(entry, Mapping) or "hex-color" not in entry:
-            raise AnnotationError(
-                f"internal-color-map[{key!r}] needs a 'hex-color'. Received: {entry!r:.80}"
-            )
-        if not 0 <= idx <= np.iinfo(np.int16).max:
-            raise AnnotationError(f"class index must be in 0..32767. Received: {key!r}")
-        color = _parse_hex(entry["hex-color"], f"internal-color-map[{key!r}]")
-        if color in colors:
-            other = indices[colors.index(color)]
-            raise AnnotationError(
-                f"classes {other} and {idx} share the colour #{color:06x} in internal-color-map"
-            )
-        indices.append(idx)
-        colors.append(color)
-        names.append(f"#{color:06x} ({idx}: {entry.get('class-name', '?')})")
-    return np.array(indices, np.int64), np.array(colors, np.uint32), names
-
-
-def color_mask_to_class_mask(
-    rgb: npt.ArrayLike, color_map: Mapping[str, Mapping[str, Any]]
-) -> Int16Array:
-    """Ground Truth colour mask (``H x W x 3`` uint8) to class indices (``H x W`` int16).
-
-    Args:
-        rgb: the consolidated semantic-segmentation PNG as RGB (palette PNGs:
-            ``Image.open(p).convert("RGB")``).
-        color_map: ``<label-attribute>-metadata["internal-color-map"]``.
-
-    Raises:
-        AnnotationError: a pixel colour is not in the map (names the colours, their pixel
-            counts and the known colours).
-    """
-    arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise AnnotationError(
-            f"colour mask must be an H x W x 3 uint8 RGB array. "
-            f"Received: shape={arr.shape}, dtype={arr.dtype}",
-            hint='read the PNG with Image.open(path).convert("RGB")',
-        )
-    indices, colors, names = _parse_color_map(color_map)
-    packed = (
-        (arr[:, :, 0].astype(np.uint32) << 16)
-        | (arr[:, :, 1].astype(np.uint32) << 8)
-        | arr[:, :, 2].astype(np.uint32)
-    )
-    order = np.argsort(colors)
-    sorted_colors = colors[order]
-    pos = np.searchsorted(sorted_colors, packed).clip(max=len(sorted_colors) - 1)
-    known = sorted_colors[pos] == packed
-    if not known.all():
-        unknown, n_px = np.unique(packed[~known], return_counts=True)
-        worst = np.argsort(-n_px)[:5]
-        listed = ", ".join(f"#{int(unknown[i]):06x} ({int(n_px[i])} px)" for i in worst)
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise AnnotationError(
-            f"colour mask has {int((~known).sum())} pixels in {len(unknown)} colour(s) that are "
-            f"not in internal-color-map: {listed}{more}. Known colours: {', '.join(names)}",
-            hint="the PNG must be the job's consolidated mask, read losslessly as RGB "
-            "(no JPEG, no resampling); check that the colour map belongs to this mask",
-        )
-    return indices[order][pos].astype(np.int16)
-
-
-def class_mask_to_color_mask(
-    class_mask: npt.ArrayLike, color_map: Mapping[str, Mapping[str, Any]]
-) -> UInt8Array:
-    """Inverse of :func:`color_mask_to_class_mask`: class indices to ``H x W x 3`` RGB."""
-    cls = np.asarray(class_mask)
-    if cls.ndim != 2 or not np.issubdtype(cls.dtype, np.integer):
-        raise AnnotationError(
-            f"class mask must be a 2-D integer array. Received: shape={cls.shape}, dtype={cls.dtype}"
-        )
-    indices, colors, names = _parse_color_map(color_map)
-    lut = np.zeros((int(indices.max()) + 1, 3), dtype=np.uint8)
-    defined = np.zeros(len(lut), dtype=np.bool_)
-    lut[indices] = np.stack([(colors >> s) & 0xFF for s in (16, 8, 0)], axis=1).astype(np.uint8)
-    defined[indices] = True
-    present = np.unique(cls)
-    bad = [int(c) for c in present if not (0 <= c < len(lut) and defined[c])]
-    if bad:
-        raise AnnotationError(
-            f"class mask uses indices {bad} that are not in internal-color-map. "
-            f"Known: {', '.join(names)}"
-        )
-    return lut[cls]
-
-
 # ============================================================================== metrics
 def _pair(a: npt.ArrayLike, b: npt.ArrayLike) -> tuple[BoolArray, BoolArray]:
-    ma, mb = _as_mask(a, "mask a"), _as_mask(b, "mask b")
+    ma, mb = as_mask(a, "mask a"), as_mask(b, "mask b")
     if ma.shape != mb.shape:
         raise GeometryError(
             f"masks must have the same shape. Received: {ma.shape} and {mb.shape}",

@@ -2,8 +2,8 @@
 
 The server comes from its own venv (``.venv-ls``, or ``CAMLABEL_LS_BIN``), listens on
 127.0.0.1 on a free port, and runs from a copy of a migrated data-dir template (prepared once
-with ``label-studio init`` and cached, see camlabel.labelstudio_server). Its local-files
-document root is pytest's base temp folder, so every ``tmp_path`` workspace can be served.
+with ``label-studio init`` and cached, see camlabel.backends.labelstudio.server). Its
+local-files document root is pytest's base temp folder, so every ``tmp_path`` workspace can be served.
 It is stopped by PID in the finalizer.
 
 Without the server venv the tests skip, except under ``CI=true`` where they fail.
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from camlabel import labelstudio_server as srv
+from camlabel.backends.labelstudio import server as srv
 from camlabel.errors import ConfigError
 
 

@@ -46,7 +46,7 @@ def start(
     workspace: Path, port: int | None, ls_bin: Path | None, timeout: float, as_json: bool
 ) -> None:
     """Start the workspace's server (set up on first use; ~45 s the very first time)."""
-    from camlabel import labelstudio_server as srv
+    from camlabel.backends.labelstudio import server as srv
 
     ws = open_workspace(workspace)
     if not srv.data_dir(ws).joinpath(srv.READY_MARKER).exists():
@@ -82,7 +82,7 @@ def start(
 )
 def stop(workspace: Path, grace: float) -> None:
     """Stop the workspace's server (by its PID, only if that PID is really it)."""
-    from camlabel import labelstudio_server as srv
+    from camlabel.backends.labelstudio import server as srv
 
     ws = open_workspace(workspace)
     if srv.stop(ws, grace=grace):
@@ -96,7 +96,7 @@ def stop(workspace: Path, grace: float) -> None:
 @json_option
 def status_(workspace: Path, as_json: bool) -> None:
     """Is the workspace's server running? URL, pid, memory."""
-    from camlabel import labelstudio_server as srv
+    from camlabel.backends.labelstudio import server as srv
 
     ws = open_workspace(workspace)
     st = srv.status(ws)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from camlabel import aws
 from camlabel.errors import BackendUnavailable, ConfigError, ModelError
 from camlabel.train.local import JOB_MODULE
 
@@ -235,28 +236,6 @@ def telemetry_off() -> Iterator[None]:
             os.environ.pop("SAGEMAKER_USER_CONFIG_OVERRIDE", None)
 
 
-def _boto_session(region: str | None) -> Any:
-    import boto3
-
-    session = boto3.Session(region_name=region)
-    if not session.region_name:
-        raise ConfigError(
-            "no AWS region for the SageMaker job. Received: region=None",
-            hint="pass --region (or set AWS_DEFAULT_REGION / groundtruth.region)",
-        )
-    return session
-
-
-def _client(session: Any, name: str) -> Any:
-    from botocore.config import Config
-
-    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "5"))
-    cfg = Config(
-        connect_timeout=10, read_timeout=60, retries={"max_attempts": attempts, "mode": "standard"}
-    )
-    return session.client(name, config=cfg)
-
-
 def upload_dir(s3: Any, local: Path, bucket: str, key_prefix: str) -> list[str]:
     """Upload every file under ``local`` to ``s3://bucket/key_prefix/...``; returns the keys.
 
@@ -327,8 +306,8 @@ def launch(
     from botocore.exceptions import BotoCoreError, ClientError
 
     p = plan(settings, run_id, hyperparameters)
-    session = _boto_session(settings.region or p["region"])
-    s3 = _client(session, "s3")
+    session = aws.session(settings.region or p["region"], what="the SageMaker job")
+    s3 = aws.client("s3", boto_session=session)
     data_key = p["data_uri"][len(f"s3://{settings.bucket}/") :]
     try:
         upload_dir(s3, Path(data_dir), settings.bucket, data_key)
@@ -399,7 +378,7 @@ def _create_job(
 
 
 def describe(job_name: str, region: str | None) -> dict[str, Any]:
-    sm = _client(_boto_session(region), "sagemaker")
+    sm = aws.client("sagemaker", region)
     out: dict[str, Any] = sm.describe_training_job(TrainingJobName=job_name)
     return out
 
@@ -413,7 +392,7 @@ def follow(
     """Poll the job until it ends (or ``settings.timeout_s``); report each status change."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    sm = _client(_boto_session(settings.region), "sagemaker")
+    sm = aws.client("sagemaker", settings.region)
     start = time.monotonic()
     last = ("", "")
     while True:
@@ -461,7 +440,7 @@ def download_model(job: SageMakerJob, dest: Path, settings: SageMakerSettings) -
     if not job.model_artifact or not job.model_artifact.startswith("s3://"):
         raise ModelError(f"training job {job.name} reports no model artifact")
     bucket, _, key = job.model_artifact[len("s3://") :].partition("/")
-    s3 = _client(_boto_session(settings.region), "s3")
+    s3 = aws.client("s3", settings.region)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="camlabel-model-") as tmp:

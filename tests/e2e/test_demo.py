@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from camlabel import labelstudio_server as srv
+from camlabel.backends.labelstudio import server as srv
 from camlabel.errors import ConfigError
 from camlabel.workspace import Workspace
 
@@ -86,7 +86,7 @@ def test_interactive_demo_waits_for_a_person_and_goes_on(
     import time
 
     from camlabel.backends.base import get_backend
-    from camlabel.backends.labelstudio_sim import simulate_annotators
+    from camlabel.backends.labelstudio.simulate import simulate_annotators
     from camlabel.imaging import read_mask_png
 
     _require_ls_server()

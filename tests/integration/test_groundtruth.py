@@ -933,7 +933,7 @@ def test_real_ground_truth_sample_converts(ws, s3, sm, aws_env, shared_data):
         independent[int(k)] = int(np.all(rgb == color, axis=2).sum())
     assert sum(independent.values()) == h * w  # every pixel has a mapped colour
 
-    from camlabel.backends._gt_convert import decode_label_png
+    from camlabel.backends.groundtruth.convert import decode_label_png
 
     classes = decode_label_png((sample / "mask.png").read_bytes(), cmap)
     assert {int(c): int((classes == c).sum()) for c in cmap_keys(cmap)} == independent

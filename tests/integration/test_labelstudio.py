@@ -16,8 +16,8 @@ import pytest
 from camlabel import loop
 from camlabel.backends.base import PushItem
 from camlabel.backends.labelstudio import LabelStudioBackend
+from camlabel.backends.labelstudio.convert import mask_to_brush_rle
 from camlabel.errors import BackendError, BackendUnavailable
-from camlabel.geometry import mask_to_brush_rle
 from camlabel.imaging import read_mask_png
 from camlabel.records import JobRef
 from camlabel.workspace import Workspace

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from camlabel import labelstudio_server as srv
+from camlabel.backends.labelstudio import server as srv
 from camlabel.cli.main import cli
 from camlabel.workspace import Workspace
 

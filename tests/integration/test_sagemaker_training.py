@@ -241,7 +241,7 @@ def test_failed_job_is_reported_with_its_reason(aws: Any, monkeypatch: pytest.Mo
                 "FailureReason": "AlgorithmError: OOM",
             }
 
-    monkeypatch.setattr(sm, "_client", lambda session, name: FakeClient())
+    monkeypatch.setattr(sm.aws, "client", lambda service, region=None, **kw: FakeClient())
     job = sm.SageMakerJob("j", None, IMAGE, "ml.g5.xlarge", "s3://b/d/", "s3://b/o", {})
     with pytest.raises(ModelError, match="ended Failed: AlgorithmError: OOM"):
         sm.follow(job, settings)

@@ -15,6 +15,8 @@ from label_studio_sdk.converter import brush
 from PIL import Image
 
 from camlabel import geometry as g
+from camlabel.backends.groundtruth import convert as gtconv
+from camlabel.backends.labelstudio import convert as lsconv
 
 SHARED_DATA = Path(
     os.environ.get("CAMLABEL_SHARED_DATA")
@@ -41,15 +43,15 @@ def test_label_studio_brush_rle_decodes_like_the_sdk() -> None:
     for r in results:
         h, w = r["original_height"], r["original_width"]
         rle = r["value"]["rle"]
-        ours = g.rle_decode(rle, h * w * 4)
+        ours = lsconv.rle_decode(rle, h * w * 4)
         np.testing.assert_array_equal(ours, brush.decode_rle(rle))
-        mask = g.brush_rle_to_mask(rle, h, w)
+        mask = lsconv.brush_rle_to_mask(rle, h, w)
         assert mask.shape == (h, w) and 0 < mask.sum() < h * w
         layer = brush.decode_from_annotation("label", [{**r, **r["value"]}])
         (sdk_alpha,) = layer.values()
         np.testing.assert_array_equal(mask, sdk_alpha > 0)
         # and back: our encoding of the mask decodes to the same alpha with the SDK
-        back = brush.decode_rle(g.mask_to_brush_rle(mask)).reshape(h, w, 4)[:, :, 3]
+        back = brush.decode_rle(lsconv.mask_to_brush_rle(mask)).reshape(h, w, 4)[:, :, 3]
         np.testing.assert_array_equal(back > 0, mask)
 
 
@@ -58,14 +60,14 @@ def test_ground_truth_color_mask_to_class_mask() -> None:
     meta_key = next(k for k in manifest if k.endswith("-ref-metadata"))
     color_map = manifest[meta_key]["internal-color-map"]
     rgb = np.asarray(Image.open(real_file("sagemaker-ground-truth/mask.png")).convert("RGB"))
-    cls = g.color_mask_to_class_mask(rgb, color_map)
+    cls = gtconv.color_mask_to_class_mask(rgb, color_map)
     assert cls.shape == rgb.shape[:2] and cls.dtype == np.int16
     assert set(np.unique(cls).tolist()) == {int(k) for k in color_map} == {0, 1, 2, 3}
     for key, entry in color_map.items():  # independent per-colour count
         hex_color = entry["hex-color"].lstrip("#")
         colour = np.array([int(hex_color[i : i + 2], 16) for i in (0, 2, 4)], np.uint8)
         assert (cls == int(key)).sum() == np.all(rgb == colour, axis=-1).sum() > 0
-    np.testing.assert_array_equal(g.class_mask_to_color_mask(cls, color_map), rgb)
+    np.testing.assert_array_equal(gtconv.class_mask_to_color_mask(cls, color_map), rgb)
 
 
 def test_label_studio_polygon_percent_points_to_mask() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camlabel.backends import _gt_convert as conv
 from camlabel.backends.groundtruth import GroundTruthSettings
+from camlabel.backends.groundtruth import convert as conv
 from camlabel.errors import AnnotationError, ConfigError
 
 CMAP = conv.color_map_for("Opacity")

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 from liquid import Environment, StrictUndefined
 
-from camlabel.backends._gt_convert import color_map_for
+from camlabel.backends.groundtruth.convert import color_map_for
 from camlabel.resources import template_path
 
 # A label with both quote characters and markup: any quoting mistake shows up as bad JSON.

@@ -6,17 +6,17 @@ import re
 
 import pytest
 
-from camlabel.backends._botocore_validate import (
-    constraint_violations,
-    request_problems,
-    service_model,
-    validate_request,
-)
-from camlabel.backends.groundtruth import (
+from camlabel.backends.groundtruth.plan import (
     ADJUSTMENT_TASK,
     BUILTIN_LAMBDA_ACCOUNTS,
     builtin_lambda_arn,
     job_name_for,
+)
+from camlabel.backends.groundtruth.validate import (
+    constraint_violations,
+    request_problems,
+    service_model,
+    validate_request,
 )
 from camlabel.errors import ConfigError, ValidationError
 

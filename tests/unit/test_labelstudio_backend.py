@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from camlabel.backends.base import PushItem
-from camlabel.backends.labelstudio import LabelStudioBackend, _accepted_unchanged, _ts, label_config
+from camlabel.backends.labelstudio import LabelStudioBackend
+from camlabel.backends.labelstudio.convert import _accepted_unchanged, mask_to_brush_rle
+from camlabel.backends.labelstudio.tasks import label_config, utc_timestamp
 from camlabel.errors import AnnotationError
-from camlabel.geometry import mask_to_brush_rle
 from camlabel.records import Preannotation
 from camlabel.workspace import Workspace
 
@@ -145,6 +146,6 @@ def test_accepted_unchanged_needs_prediction_origin_and_equal_points() -> None:
 
 
 def test_timestamps_are_utc_with_microseconds() -> None:
-    assert _ts("2026-11-26 23:39:39.438838+00:00") == "2026-11-26T23:39:39.438838Z"
-    assert _ts("2026-11-26T23:39:39Z") == "2026-11-26T23:39:39.000000Z"
-    assert _ts(None) == ""
+    assert utc_timestamp("2026-11-26 23:39:39.438838+00:00") == "2026-11-26T23:39:39.438838Z"
+    assert utc_timestamp("2026-11-26T23:39:39Z") == "2026-11-26T23:39:39.000000Z"
+    assert utc_timestamp(None) == ""

@@ -1,7 +1,10 @@
 """SageMaker Ground Truth backend: adjustment and polygon jobs seeded from Grad-CAM.
 
-The only module (with its helpers ``_gt_convert`` and ``_botocore_validate``) that talks to
-AWS. It returns camlabel records, never SDK objects.
+The only module that calls AWS for Ground Truth (through :mod:`camlabel.aws`); its siblings
+are pure: ``settings`` (:class:`GroundTruthSettings`), ``plan`` (manifest, uploads and the
+CreateLabelingJob request), ``convert`` (Ground Truth formats <-> masks and records) and
+``validate`` (requests checked offline against botocore's model). It returns camlabel
+records, never SDK objects.
 
 **push** builds, per call, one labeling job over the images that have no Ground Truth job yet:
 
@@ -19,8 +22,9 @@ AWS. It returns camlabel records, never SDK objects.
   ``WS/exports/groundtruth-<job>/`` and makes no network call at all.
 
 ``adjustment`` jobs use the built-in PRE-/ACS-AdjustmentSemanticSegmentation Lambdas of the
-region (:data:`BUILTIN_LAMBDA_ACCOUNTS`); ``polygon`` jobs use the two Lambdas of
-``camlabel/lambdas`` deployed by the user (``pre_lambda_arn``, ``acs_lambda_arn``).
+region (:data:`~camlabel.backends.groundtruth.plan.BUILTIN_LAMBDA_ACCOUNTS`); ``polygon`` jobs
+use the two Lambdas of ``camlabel/lambdas`` deployed by the user (``pre_lambda_arn``,
+``acs_lambda_arn``).
 
 **pull** describes each job (InProgress/Stopped/Failed are reported, not raised), reads the
 output manifest and turns each object into masks at the original resolution: semantic
@@ -36,18 +40,14 @@ see :class:`GroundTruthSettings`.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from camlabel.backends import _gt_convert as conv
-from camlabel.backends._botocore_validate import validate_request
+from camlabel import aws
 from camlabel.backends.base import (
     AnnotationResult,
     Backend,
@@ -57,12 +57,13 @@ from camlabel.backends.base import (
     PushReport,
     TaskOutcome,
 )
+from camlabel.backends.groundtruth import convert as conv
+from camlabel.backends.groundtruth.plan import JobPlan, Upload, build_plan, validate_create
+from camlabel.backends.groundtruth.settings import GroundTruthSettings
+from camlabel.backends.groundtruth.validate import validate_request
 from camlabel.errors import (
     AnnotationError,
     BackendError,
-    BackendUnavailable,
-    CamlabelError,
-    ConfigError,
     ValidationError,
 )
 from camlabel.records import Annotation, JobRef, utcnow
@@ -70,192 +71,7 @@ from camlabel.records import Annotation, JobRef, utcnow
 if TYPE_CHECKING:
     from camlabel.workspace import Workspace
 
-JOB_TYPES = ("adjustment", "polygon")
-#: Options that are not settings: injected clients, and the Label Studio flags the CLI may
-#: fill from CAMLABEL_LS_* variables whatever the backend (ignored here).
-_FOREIGN_OPTIONS = ("sagemaker_client", "s3_client", "url", "token", "project", "upload")
 HASH_METADATA_KEY = "camlabel-sha256"
-JOB_NAME_PREFIX = "camlabel-"
-
-#: AWS account that owns the built-in Ground Truth Lambdas, per region, as listed in the
-#: PreHumanTaskLambdaArn / AnnotationConsolidationLambdaArn documentation of botocore's
-#: CreateLabelingJob model (a unit test checks this table against it).
-BUILTIN_LAMBDA_ACCOUNTS: dict[str, str] = {
-    "us-east-1": "432418664414",
-    "us-east-2": "266458841044",
-    "us-west-2": "081040173940",
-    "ca-central-1": "918755190332",
-    "eu-west-1": "568282634449",
-    "eu-west-2": "487402164563",
-    "eu-central-1": "203001061592",
-    "ap-northeast-1": "477331159723",
-    "ap-northeast-2": "845288260483",
-    "ap-south-1": "565803892007",
-    "ap-southeast-1": "377565633583",
-    "ap-southeast-2": "454466003867",
-}
-ADJUSTMENT_TASK = "AdjustmentSemanticSegmentation"
-
-
-def builtin_lambda_arn(kind: str, task: str, region: str) -> str:
-    """``arn:aws:lambda:<region>:<account>:function:<kind>-<task>`` of a built-in Lambda."""
-    if kind not in ("PRE", "ACS"):
-        raise ValueError(f"kind must be 'PRE' or 'ACS'. Received: {kind!r}")
-    try:
-        account = BUILTIN_LAMBDA_ACCOUNTS[region]
-    except KeyError:
-        raise ConfigError(
-            f"Ground Truth's built-in Lambdas are not offered in region {region!r}; "
-            f"supported regions: {sorted(BUILTIN_LAMBDA_ACCOUNTS)}",
-            hint="pass --region with one of these (the bucket should be in the same region)",
-        ) from None
-    return f"arn:aws:lambda:{region}:{account}:function:{kind}-{task}"
-
-
-def job_name_for(manifest: bytes, job_type: str, label: str) -> str:
-    """``camlabel-<12 hex>`` from the manifest content (and job type and label): stable across re-runs."""
-    h = hashlib.sha256(f"{job_type}\n{label}\n".encode() + manifest).hexdigest()
-    return f"{JOB_NAME_PREFIX}{h[:12]}"
-
-
-# ----------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class GroundTruthSettings:
-    """Everything push and pull need. No secret: credentials come from the AWS chain.
-
-    Attributes:
-        bucket, prefix: where images, manifests, templates and outputs go.
-        region: the job's region (also picks the built-in Lambdas).
-        job_type: ``adjustment`` (CAM mask, built-in Lambdas) or ``polygon`` (custom Lambdas).
-        role_arn: the IAM role Ground Truth assumes; workteam_arn: private or vendor workteam.
-        kms_key: KMS key id/ARN for SSE-KMS of uploads and job output (SSE-S3 without it).
-        pre_lambda_arn, acs_lambda_arn: the polygon job's Lambdas (camlabel/lambdas).
-        endpoint_url: an S3/SageMaker endpoint (tests: moto); AWS_ENDPOINT_URL also works.
-        label, lesion_color: the label annotators see and its colour in adjustment masks.
-        workers_per_object, task_time_limit, task_availability, max_concurrent_tasks,
-        task_title, task_description, keywords: HumanTaskConfig values.
-        connect_timeout, read_timeout, max_attempts: every AWS call is bounded.
-    """
-
-    bucket: str | None = None
-    prefix: str = "camlabel"
-    region: str = "us-east-1"
-    job_type: str = "adjustment"
-    role_arn: str | None = None
-    workteam_arn: str | None = None
-    kms_key: str | None = None
-    pre_lambda_arn: str | None = None
-    acs_lambda_arn: str | None = None
-    endpoint_url: str | None = None
-    label: str = "Opacity"
-    lesion_color: str = conv.DEFAULT_LESION_HEX
-    workers_per_object: int = 1
-    task_time_limit: int = 3600
-    task_availability: int = 864000
-    max_concurrent_tasks: int | None = None
-    task_title: str = "Correct the lesion outline on chest X-rays"
-    task_description: str = (
-        "An automatic lesion outline (from a classifier's attention map) is shown on a chest "
-        "X-ray: keep what covers real opacities, remove the rest, add what is missing."
-    )
-    keywords: tuple[str, ...] = ("Image Segmentation", "chest xray", "medical imaging")
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    max_attempts: int = 3
-
-    _INT_FIELDS: ClassVar[tuple[str, ...]] = (
-        "workers_per_object",
-        "task_time_limit",
-        "task_availability",
-        "max_concurrent_tasks",
-        "max_attempts",
-    )
-
-    @classmethod
-    def resolve(
-        cls, workspace: Workspace | None, options: Mapping[str, Any]
-    ) -> GroundTruthSettings:
-        """flag (``options``) > ``CAMLABEL_GT_<NAME>`` env > workspace config > default."""
-        from camlabel.workspace import env_setting
-
-        cfg: dict[str, Any] = {}
-        if workspace is not None:
-            cfg = dict(workspace.config.get("groundtruth") or {})
-            cfg.setdefault("label", workspace.config.get("lesion_label"))
-        known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
-        unknown = sorted(k for k in options if k not in known and k not in _FOREIGN_OPTIONS)
-        if unknown:
-            raise ConfigError(
-                f"unknown Ground Truth option(s) {unknown}; supported options: {sorted(known)}"
-            )
-        kw: dict[str, Any] = {}
-        for name in known:
-            value = env_setting(f"gt_{name}", options.get(name), cfg.get(name))
-            if value is None:
-                continue
-            if name in cls._INT_FIELDS:
-                try:
-                    value = int(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(
-                        f"{name} must be an integer. Received: {name}={value!r}"
-                    ) from None
-            elif name in ("connect_timeout", "read_timeout"):
-                value = float(value)
-            elif name == "keywords":
-                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-            kw[name] = value
-        if "max_attempts" not in kw and os.environ.get("AWS_MAX_ATTEMPTS"):
-            kw["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
-        settings = cls(**kw)
-        if settings.job_type not in JOB_TYPES:
-            raise ConfigError(
-                f"Wrong Ground Truth job type {settings.job_type!r}, supported job types: {list(JOB_TYPES)}",
-                hint="pass --job-type adjustment (CAM mask, built-in Lambdas) or --job-type polygon",
-            )
-        settings = cls(**{**kw, "prefix": settings.prefix.strip("/")})
-        return settings
-
-    def public(self) -> dict[str, Any]:
-        """Secret-free summary (no ARNs beyond what identifies the job setup)."""
-        return {
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "region": self.region,
-            "job_type": self.job_type,
-        }
-
-
-# ----------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class _Upload:
-    key: str
-    body: bytes
-    content_type: str
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.body).hexdigest()
-
-
-@dataclass
-class JobPlan:
-    """What one push would send: uploads, manifest, request; built without any network call."""
-
-    job_name: str
-    job_type: str
-    label_attribute: str
-    manifest: bytes
-    categories: bytes
-    template: bytes
-    request: dict[str, Any]
-    uploads: list[_Upload]
-    tasks: dict[str, int]
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
 
 
 def _split_s3_uri(uri: str) -> tuple[str, str]:
@@ -297,56 +113,35 @@ class GroundTruthBackend(Backend):
         for key in ((service, "*"), (service, region)):
             if key in self._clients:
                 return self._clients[key]
-        import boto3
-        from botocore.config import Config
-
-        cfg = Config(
-            region_name=region,
+        client = aws.client(
+            service,
+            region,
+            endpoint_url=self.settings.endpoint_url,
             connect_timeout=self.settings.connect_timeout,
             read_timeout=self.settings.read_timeout,
-            retries={"max_attempts": self.settings.max_attempts, "mode": "standard"},
-        )
-        client = boto3.session.Session().client(
-            service, endpoint_url=self.settings.endpoint_url, config=cfg
+            max_attempts=self.settings.max_attempts,
         )
         self._clients[(service, region)] = client
         return client
 
-    def _call(self, service: str, operation: str, region: str | None = None, **params: Any) -> Any:
-        """Validate ``params`` offline, then call; AWS errors become camlabel errors."""
-        from botocore.exceptions import (
-            BotoCoreError,
-            ConnectionError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            ReadTimeoutError,
-        )
+    def _call(
+        self,
+        service: str,
+        operation: str,
+        region: str | None = None,
+        *,
+        what: str | None = None,
+        missing: Collection[str] = (),
+        **params: Any,
+    ) -> Any:
+        """Validate ``params`` offline, then call; AWS errors become camlabel errors.
 
+        ``what`` names the call in errors (default ``service:operation``); a refusal whose
+        code is in ``missing`` returns None (see :func:`camlabel.aws.call`).
+        """
         validate_request(service, operation, params)
-        client = self._client(service, region)
-        method = getattr(client, _snake(operation))
-        try:
-            return method(**params)
-        except NoCredentialsError as exc:
-            raise ConfigError(
-                f"no AWS credentials for {service}:{operation}",
-                hint="configure credentials (AWS_PROFILE, aws sso login, an instance role...)",
-            ) from exc
-        except (EndpointConnectionError, ConnectionError, ReadTimeoutError) as exc:
-            raise BackendUnavailable(
-                f"{service}:{operation} failed: {exc}",
-                hint="check the network, --region and --endpoint-url / AWS_ENDPOINT_URL",
-            ) from exc
-        except BotoCoreError as exc:
-            raise BackendError(f"{service}:{operation} failed: {exc}") from exc
-
-    def _client_error(self, exc: Any, what: str) -> BackendError:
-        err = exc.response.get("Error", {})
-        code, msg = err.get("Code", "?"), err.get("Message", "")
-        hint = None
-        if code in ("AccessDenied", "AccessDeniedException", "403"):
-            hint = "the credentials (or the job's role) lack a permission: see docs/groundtruth.md (IAM)"
-        return BackendError(f"{what}: {code}: {msg}".rstrip(": "), hint=hint)
+        method = getattr(self._client(service, region), _snake(operation))
+        return aws.call(lambda: method(**params), what or f"{service}:{operation}", missing=missing)
 
     # -- push -----------------------------------------------------------------------------
     def push(
@@ -395,13 +190,13 @@ class GroundTruthBackend(Backend):
         if dry_run:
             report.dry_run_files = self._write_dry_run(plan)
             try:
-                self._validate_create(plan.request)
+                validate_create(plan.request)
             except ValidationError as exc:
                 report.failures.append(("CreateLabelingJob", str(exc)))
             report.pushed.update(refs)
             return report
 
-        self._validate_create(plan.request)
+        validate_create(plan.request)
         existing = self._describe_job(plan.job_name)
         if existing is not None:
             report.details["job_created"] = False
@@ -410,14 +205,14 @@ class GroundTruthBackend(Backend):
         else:
             uploaded, skipped = self._upload_all(plan.uploads, progress=progress)
             report.details.update({"uploaded": uploaded, "unchanged_objects": skipped})
-            try:
-                self._call("sagemaker", "CreateLabelingJob", **plan.request)
-            except Exception as exc:
-                if not _is_client_error(exc):
-                    raise
-                code = exc.response.get("Error", {}).get("Code")  # type: ignore[attr-defined]
-                if code != "ResourceInUse":
-                    raise self._client_error(exc, f"CreateLabelingJob {plan.job_name}") from exc
+            created = self._call(
+                "sagemaker",
+                "CreateLabelingJob",
+                what=f"CreateLabelingJob {plan.job_name}",
+                missing=("ResourceInUse",),
+                **plan.request,
+            )
+            if created is None:
                 # Another run created the same job between Describe and Create.
                 report.details["job_created"] = False
                 report.already_present.update(refs)
@@ -429,19 +224,6 @@ class GroundTruthBackend(Backend):
                 {**report.pushed, **{k: v for k, v in report.already_present.items() if k in refs}}
             )
         return report
-
-    def _validate_create(self, request: Mapping[str, Any]) -> None:
-        """Offline check of CreateLabelingJob; the hint names the flags behind the bad fields."""
-        try:
-            validate_request("sagemaker", "CreateLabelingJob", request)
-        except ValidationError as exc:
-            flags = [flag for field_name, flag in _FIELD_FLAGS.items() if field_name in exc.message]
-            hint = (
-                f"check {', '.join(flags)} (flag, CAMLABEL_GT_* variable or camlabel.json)"
-                if flags
-                else exc.hint
-            )
-            raise ValidationError(exc.message, hint=hint) from None
 
     def _job_ref(self, plan: JobPlan, idx: int, image_id: str, items: Sequence[PushItem]) -> JobRef:
         item = next(i for i in items if i.image_id == image_id)
@@ -461,189 +243,8 @@ class GroundTruthBackend(Backend):
         )
 
     def plan(self, items: Sequence[PushItem]) -> JobPlan:
-        """Build the uploads, manifest and CreateLabelingJob request for ``items`` (no network)."""
-        from camlabel.resources import template_path
-
-        s = self.settings
-        if not s.bucket:
-            raise ConfigError(
-                "Ground Truth needs an S3 bucket",
-                hint="pass --bucket, set CAMLABEL_GT_BUCKET, or set groundtruth.bucket in camlabel.json",
-            )
-        job_type = s.job_type
-        label_attr = conv.LABEL_ATTRIBUTE[job_type]
-        cmap = conv.color_map_for(s.label, s.lesion_color)
-        uploads: dict[str, _Upload] = {}
-        lines: list[bytes] = []
-        tasks: dict[str, int] = {}
-        failures: list[tuple[str, str]] = []
-        for item in items:
-            try:
-                image_up, line = self._manifest_line(item, job_type, cmap, uploads)
-            except CamlabelError as exc:
-                failures.append((item.image_id[:12], exc.message))
-                continue
-            except OSError as exc:
-                failures.append(
-                    (item.image_id[:12], f"cannot read {item.display_png}: {exc.strerror or exc}")
-                )
-                continue
-            encoded = json.dumps(line, sort_keys=True, separators=(",", ":")).encode()
-            if len(encoded) > conv.MAX_LINE_CHARS:
-                failures.append(
-                    (
-                        item.image_id[:12],
-                        f"its manifest line has {len(encoded)} characters; Ground Truth allows "
-                        f"{conv.MAX_LINE_CHARS} (simplify the pre-annotation: fewer vertices)",
-                    )
-                )
-                continue
-            uploads.update(image_up)
-            tasks[item.image_id] = len(lines)
-            lines.append(encoded)
-        manifest = b"\n".join(lines) + b"\n" if lines else b""
-        job = job_name_for(manifest, job_type, s.label)
-        base = f"{s.prefix}/jobs/{job}" if s.prefix else f"jobs/{job}"
-        categories = (
-            json.dumps({"document-version": "2018-11-28", "labels": [{"label": s.label}]}, indent=2)
-            + "\n"
-        ).encode()
-        template = template_path("groundtruth", f"{job_type}.liquid.html").read_bytes()
-        uploads[f"{base}/input.manifest"] = _Upload(
-            f"{base}/input.manifest", manifest, "application/x-ndjson"
-        )
-        uploads[f"{base}/categories.json"] = _Upload(
-            f"{base}/categories.json", categories, "application/json"
-        )
-        uploads[f"{base}/template.liquid.html"] = _Upload(
-            f"{base}/template.liquid.html", template, "text/html"
-        )
-        request = self._request(job, label_attr, base, manifest)
-        return JobPlan(
-            job_name=job,
-            job_type=job_type,
-            label_attribute=label_attr,
-            manifest=manifest,
-            categories=categories,
-            template=template,
-            request=request,
-            uploads=list(uploads.values()),
-            tasks=tasks,
-            failures=failures,
-        )
-
-    def _key(self, *parts: str) -> str:
-        return "/".join(p for p in (self.settings.prefix, *parts) if p)
-
-    def _manifest_line(
-        self, item: PushItem, job_type: str, cmap: dict[str, Any], uploads: Mapping[str, _Upload]
-    ) -> tuple[dict[str, _Upload], dict[str, Any]]:
-        s = self.settings
-        assert s.bucket is not None
-        out: dict[str, _Upload] = {}
-        image_key = self._key("images", f"{item.image_id}.png")
-        if image_key not in uploads:
-            out[image_key] = _Upload(image_key, Path(item.display_png).read_bytes(), "image/png")
-        polygons = list(item.preannotation.polygons) if item.preannotation is not None else []
-        line: dict[str, Any] = {
-            "source-ref": _s3_uri(s.bucket, image_key),
-            conv.IMAGE_ID_KEY: item.image_id,
-        }
-        source = item.preannotation.source if item.preannotation is not None else "none"
-        created = (
-            item.preannotation.created_at
-            if item.preannotation is not None
-            else "1970-01-01T00:00:00Z"
-        )
-        if job_type == "adjustment":
-            from camlabel.geometry import PolygonPx, polygons_to_mask
-
-            mask = polygons_to_mask(
-                [PolygonPx.from_json(p) for p in polygons], item.height, item.width
-            )
-            png = conv.class_mask_to_png(np.asarray(mask, dtype=np.uint8), cmap)
-            mask_key = self._key(
-                "cam-masks", f"{item.image_id}-{hashlib.sha256(png).hexdigest()[:12]}.png"
-            )
-            out[mask_key] = _Upload(mask_key, png, "image/png")
-            attr = conv.PRIOR_MASK_ATTRIBUTE
-            line[attr] = _s3_uri(s.bucket, mask_key)
-            line[f"{attr}-metadata"] = {
-                "internal-color-map": cmap,
-                "type": "groundtruth/semantic-segmentation",
-                "human-annotated": "no",
-                "creation-date": created.rstrip("Z"),
-                "job-name": f"labeling-job/camlabel-{source}",
-            }
-        else:
-            attr = conv.PRIOR_POLYGON_ATTRIBUTE
-            line[conv.LABELS_KEY] = [s.label]
-            line[attr] = {
-                "annotatedResult": {
-                    "inputImageProperties": {"height": item.height, "width": item.width},
-                    "polygons": conv.preannotation_vertices(polygons, s.label),
-                }
-            }
-            line[f"{attr}-metadata"] = {
-                "type": "groundtruth/custom",
-                "human-annotated": "no",
-                "creation-date": created.rstrip("Z"),
-                "job-name": f"labeling-job/camlabel-{source}",
-            }
-        return out, line
-
-    def _request(self, job: str, label_attr: str, base: str, manifest: bytes) -> dict[str, Any]:
-        s = self.settings
-        assert s.bucket is not None
-        if s.job_type == "adjustment":
-            pre = builtin_lambda_arn("PRE", ADJUSTMENT_TASK, s.region)
-            acs = builtin_lambda_arn("ACS", ADJUSTMENT_TASK, s.region)
-        else:
-            missing = [n for n in ("pre_lambda_arn", "acs_lambda_arn") if not getattr(s, n)]
-            if missing:
-                raise ConfigError(
-                    f"polygon jobs need camlabel's two Lambdas: {', '.join(missing)} not set",
-                    hint="deploy camlabel/lambdas/gt_polygon_pre.py and gt_polygon_consolidate.py "
-                    "(docs/groundtruth.md) and pass --pre-lambda-arn/--acs-lambda-arn",
-                )
-            pre, acs = str(s.pre_lambda_arn), str(s.acs_lambda_arn)
-        output: dict[str, Any] = {"S3OutputPath": _s3_uri(s.bucket, self._key("output") + "/")}
-        if s.kms_key:
-            output["KmsKeyId"] = s.kms_key
-        human: dict[str, Any] = {
-            "UiConfig": {"UiTemplateS3Uri": _s3_uri(s.bucket, f"{base}/template.liquid.html")},
-            "PreHumanTaskLambdaArn": pre,
-            "TaskKeywords": list(s.keywords),
-            "TaskTitle": s.task_title,
-            "TaskDescription": s.task_description,
-            "NumberOfHumanWorkersPerDataObject": s.workers_per_object,
-            "TaskTimeLimitInSeconds": s.task_time_limit,
-            "TaskAvailabilityLifetimeInSeconds": s.task_availability,
-            "AnnotationConsolidationConfig": {"AnnotationConsolidationLambdaArn": acs},
-        }
-        if s.workteam_arn:
-            human["WorkteamArn"] = s.workteam_arn
-        if s.max_concurrent_tasks:
-            human["MaxConcurrentTaskCount"] = s.max_concurrent_tasks
-        request: dict[str, Any] = {
-            "LabelingJobName": job,
-            "LabelAttributeName": conv.LABEL_ATTRIBUTE[s.job_type],
-            "InputConfig": {
-                "DataSource": {
-                    "S3DataSource": {"ManifestS3Uri": _s3_uri(s.bucket, f"{base}/input.manifest")}
-                }
-            },
-            "OutputConfig": output,
-            "LabelCategoryConfigS3Uri": _s3_uri(s.bucket, f"{base}/categories.json"),
-            "HumanTaskConfig": human,
-            "Tags": [
-                {"Key": "camlabel:job-type", "Value": s.job_type},
-                {"Key": "camlabel:manifest-sha256", "Value": hashlib.sha256(manifest).hexdigest()},
-            ],
-        }
-        if s.role_arn:
-            request["RoleArn"] = s.role_arn
-        return request
+        """The uploads, manifest and CreateLabelingJob request for ``items`` (no network)."""
+        return build_plan(self.settings, items)
 
     def _write_dry_run(self, plan: JobPlan) -> list[Path]:
         from camlabel.ledger import atomic_write_bytes, atomic_write_text
@@ -673,18 +274,17 @@ class GroundTruthBackend(Backend):
 
     def _describe_job(self, job: str, region: str | None = None) -> dict[str, Any] | None:
         """DescribeLabelingJob; None when the job does not exist."""
-        try:
-            resp = self._call("sagemaker", "DescribeLabelingJob", region, LabelingJobName=job)
-        except Exception as exc:
-            if _is_client_error(exc):
-                code = exc.response.get("Error", {}).get("Code")  # type: ignore[attr-defined]
-                if code in ("ResourceNotFound", "ResourceNotFoundException"):
-                    return None
-                raise self._client_error(exc, f"DescribeLabelingJob {job}") from exc
-            raise
-        return dict(resp)
+        resp = self._call(
+            "sagemaker",
+            "DescribeLabelingJob",
+            region,
+            what=f"DescribeLabelingJob {job}",
+            missing=("ResourceNotFound", "ResourceNotFoundException"),
+            LabelingJobName=job,
+        )
+        return None if resp is None else dict(resp)
 
-    def _upload_all(self, uploads: Sequence[_Upload], *, progress: bool) -> tuple[int, int]:
+    def _upload_all(self, uploads: Sequence[Upload], *, progress: bool) -> tuple[int, int]:
         from camlabel.progress import progress_bar
 
         uploaded = skipped = 0
@@ -698,21 +298,20 @@ class GroundTruthBackend(Backend):
                 bar.update(1)
         return uploaded, skipped
 
-    def _same_object_exists(self, up: _Upload) -> bool:
-        try:
-            head = self._call("s3", "HeadObject", Bucket=self.settings.bucket, Key=up.key)
-        except Exception as exc:
-            if _is_client_error(exc):
-                code = str(exc.response.get("Error", {}).get("Code"))  # type: ignore[attr-defined]
-                if code in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise self._client_error(
-                    exc, f"HeadObject s3://{self.settings.bucket}/{up.key}"
-                ) from exc
-            raise
+    def _same_object_exists(self, up: Upload) -> bool:
+        head = self._call(
+            "s3",
+            "HeadObject",
+            what=f"HeadObject s3://{self.settings.bucket}/{up.key}",
+            missing=_NO_SUCH_KEY,
+            Bucket=self.settings.bucket,
+            Key=up.key,
+        )
+        if head is None:
+            return False
         return bool(head.get("Metadata", {}).get(HASH_METADATA_KEY) == up.sha256)
 
-    def _put(self, up: _Upload) -> None:
+    def _put(self, up: Upload) -> None:
         params: dict[str, Any] = {
             "Bucket": self.settings.bucket,
             "Key": up.key,
@@ -725,14 +324,9 @@ class GroundTruthBackend(Backend):
             params["SSEKMSKeyId"] = self.settings.kms_key
         else:
             params["ServerSideEncryption"] = "AES256"
-        try:
-            self._call("s3", "PutObject", **params)
-        except Exception as exc:
-            if _is_client_error(exc):
-                raise self._client_error(
-                    exc, f"PutObject s3://{self.settings.bucket}/{up.key}"
-                ) from exc
-            raise
+        self._call(
+            "s3", "PutObject", what=f"PutObject s3://{self.settings.bucket}/{up.key}", **params
+        )
 
     # -- pull -----------------------------------------------------------------------------
     def pull(
@@ -843,17 +437,16 @@ class GroundTruthBackend(Backend):
         return state
 
     def _get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        try:
-            resp = self._call("s3", "GetObject", Bucket=bucket, Key=key)
-        except Exception as exc:
-            if _is_client_error(exc):
-                code = str(exc.response.get("Error", {}).get("Code"))  # type: ignore[attr-defined]
-                if code in ("NoSuchKey", "404", "NotFound"):
-                    raise AnnotationError(
-                        f"the S3 object s3://{bucket}/{key} does not exist"
-                    ) from exc
-                raise self._client_error(exc, f"GetObject s3://{bucket}/{key}") from exc
-            raise
+        resp = self._call(
+            "s3",
+            "GetObject",
+            what=f"GetObject s3://{bucket}/{key}",
+            missing=_NO_SUCH_KEY,
+            Bucket=bucket,
+            Key=key,
+        )
+        if resp is None:
+            raise AnnotationError(f"the S3 object s3://{bucket}/{key} does not exist")
         return resp["Body"].read(), str(resp.get("ETag", ""))
 
     def _list(self, bucket: str, prefix: str) -> Iterator[str]:
@@ -862,12 +455,9 @@ class GroundTruthBackend(Backend):
             params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
             if token:
                 params["ContinuationToken"] = token
-            try:
-                resp = self._call("s3", "ListObjectsV2", **params)
-            except Exception as exc:
-                if _is_client_error(exc):
-                    raise self._client_error(exc, f"ListObjectsV2 s3://{bucket}/{prefix}") from exc
-                raise
+            resp = self._call(
+                "s3", "ListObjectsV2", what=f"ListObjectsV2 s3://{bucket}/{prefix}", **params
+            )
             for obj in resp.get("Contents", []):
                 yield obj["Key"]
             if not resp.get("IsTruncated"):
@@ -1117,29 +707,8 @@ class GroundTruthBackend(Backend):
         return AnnotationResult(ann, mask)
 
 
-#: CreateLabelingJob fields and the settings behind them (for error hints).
-_FIELD_FLAGS = {
-    "RoleArn": "--role-arn",
-    "WorkteamArn": "--workteam-arn",
-    "KmsKeyId": "--kms-key",
-    "S3Uri": "--bucket/--prefix",
-    "S3OutputPath": "--bucket/--prefix",
-    "PreHumanTaskLambdaArn": "--pre-lambda-arn",
-    "AnnotationConsolidationLambdaArn": "--acs-lambda-arn",
-    "TaskTimeLimitInSeconds": "task_time_limit",
-    "TaskAvailabilityLifetimeInSeconds": "task_availability",
-    "NumberOfHumanWorkersPerDataObject": "workers_per_object",
-    "MaxConcurrentTaskCount": "max_concurrent_tasks",
-    "TaskTitle": "task_title",
-    "TaskDescription": "task_description",
-    "TaskKeywords": "keywords",
-}
-
-
-def _is_client_error(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError
-
-    return isinstance(exc, ClientError)
+#: The codes of S3's answer for an absent object (HeadObject has no body, so only "404").
+_NO_SUCH_KEY = ("404", "NoSuchKey", "NotFound")
 
 
 def _snake(operation: str) -> str:
@@ -1148,12 +717,4 @@ def _snake(operation: str) -> str:
     return str(xform_name(operation))
 
 
-__all__ = [
-    "BUILTIN_LAMBDA_ACCOUNTS",
-    "JOB_TYPES",
-    "GroundTruthBackend",
-    "GroundTruthSettings",
-    "JobPlan",
-    "builtin_lambda_arn",
-    "job_name_for",
-]
+__all__ = ["GroundTruthBackend"]

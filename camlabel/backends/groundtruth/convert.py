@@ -17,8 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from camlabel.errors import AnnotationError
+from camlabel.errors import AnnotationError, GeometryError
+
+FloatArray = npt.NDArray[np.float64]
+UInt8Array = npt.NDArray[np.uint8]
+Int16Array = npt.NDArray[np.int16]
 
 #: Manifest keys camlabel adds to each input line (they pass through to the output manifest).
 IMAGE_ID_KEY = "camlabel-image-id"
@@ -80,8 +85,6 @@ def class_mask_to_png(class_mask: np.ndarray, internal_color_map: Mapping[str, A
     """Encode a class-index mask as a Ground-Truth colour PNG (RGB, deterministic bytes)."""
     import cv2
 
-    from camlabel.geometry import class_mask_to_color_mask
-
     rgb = class_mask_to_color_mask(class_mask, internal_color_map)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
@@ -97,8 +100,6 @@ def decode_label_png(data: bytes, internal_color_map: Any) -> np.ndarray:
     unknown colours, their pixel counts and the known colours.
     """
     import cv2
-
-    from camlabel.geometry import color_mask_to_class_mask
 
     cmap = _check_color_map(internal_color_map)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -171,7 +172,7 @@ def preannotation_vertices(
     crowd-polygon has no holes: only the exteriors are offered (annotators cut holes by
     drawing the lesion around them).
     """
-    from camlabel.geometry import PolygonPx, px_to_gt_vertices
+    from camlabel.geometry import PolygonPx
 
     out = []
     for p in polygons:
@@ -188,8 +189,7 @@ def answer_polygons(
     Checks ``inputImageProperties`` against the original size and every vertex against the
     image bounds. Polygons of other labels are ignored.
     """
-    from camlabel.errors import GeometryError
-    from camlabel.geometry import PolygonPx, gt_vertices_to_px, polygons_to_mask
+    from camlabel.geometry import PolygonPx, polygons_to_mask
 
     if not isinstance(result, Mapping) or not isinstance(result.get("polygons"), list):
         raise AnnotationError(
@@ -413,3 +413,153 @@ def same_polygons(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]
         return key(a) == key(b)
     except (TypeError, ValueError, KeyError):
         return False
+
+
+# ==================================================== Ground Truth vertices
+def gt_vertices_to_px(vertices: Sequence[Mapping[str, Any]]) -> FloatArray:
+    """Ground Truth crowd-polygon vertices ``[{"x": 10, "y": 20}, ...]`` to ``(N, 2)`` px.
+
+    Ground Truth vertices are pixel coordinates with the origin at the top-left corner,
+    i.e. already camlabel's continuous convention; they are only converted to float64.
+    """
+    from camlabel.geometry import as_points
+
+    pts = np.empty((len(vertices), 2), dtype=np.float64)
+    for i, v in enumerate(vertices):
+        try:
+            pts[i] = (float(v["x"]), float(v["y"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GeometryError(
+                f'Ground Truth vertex {i} must be {{"x": number, "y": number}}. Received: {v!r:.80}',
+                hint="pass annotatedResult.polygons[k].vertices unchanged",
+            ) from exc
+    return as_points(pts, "Ground Truth vertices")
+
+
+def px_to_gt_vertices(points_px: npt.ArrayLike) -> list[dict[str, int]]:
+    """``(N, 2)`` px to Ground Truth vertices, rounded half up to whole pixels."""
+    from camlabel.geometry import as_points
+
+    pts = np.floor(as_points(points_px, "points_px") + 0.5).astype(np.int64)
+    return [{"x": int(x), "y": int(y)} for x, y in pts]
+
+
+# ============================================================= Ground Truth colour masks
+def _parse_hex(hex_color: Any, where: str) -> int:
+    s = str(hex_color).strip().lstrip("#")
+    if len(s) == 3:
+        s = "".join(ch * 2 for ch in s)
+    try:
+        if len(s) != 6:
+            raise ValueError(s)
+        return int(s, 16)
+    except ValueError as exc:
+        raise AnnotationError(
+            f"{where}: hex-color must look like '#rrggbb'. Received: {hex_color!r}"
+        ) from exc
+
+
+def _parse_color_map(
+    color_map: Mapping[str, Mapping[str, Any]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], list[str]]:
+    """(class indices, packed 0xRRGGBB colours, descriptions) of an internal-color-map."""
+    if not isinstance(color_map, Mapping) or not color_map:
+        raise AnnotationError(
+            f"internal-color-map must be a non-empty mapping. Received: {color_map!r:.120}",
+            hint='expected {"0": {"class-name": "BACKGROUND", "hex-color": "#ffffff"}, ...}',
+        )
+    indices: list[int] = []
+    colors: list[int] = []
+    names: list[str] = []
+    for key, entry in color_map.items():
+        try:
+            idx = int(key)
+        except (TypeError, ValueError) as exc:
+            raise AnnotationError(
+                f"internal-color-map keys must be class indices like '0'. Received: {key!r}"
+            ) from exc
+        if not isinstance(entry, Mapping) or "hex-color" not in entry:
+            raise AnnotationError(
+                f"internal-color-map[{key!r}] needs a 'hex-color'. Received: {entry!r:.80}"
+            )
+        if not 0 <= idx <= np.iinfo(np.int16).max:
+            raise AnnotationError(f"class index must be in 0..32767. Received: {key!r}")
+        color = _parse_hex(entry["hex-color"], f"internal-color-map[{key!r}]")
+        if color in colors:
+            other = indices[colors.index(color)]
+            raise AnnotationError(
+                f"classes {other} and {idx} share the colour #{color:06x} in internal-color-map"
+            )
+        indices.append(idx)
+        colors.append(color)
+        names.append(f"#{color:06x} ({idx}: {entry.get('class-name', '?')})")
+    return np.array(indices, np.int64), np.array(colors, np.uint32), names
+
+
+def color_mask_to_class_mask(
+    rgb: npt.ArrayLike, color_map: Mapping[str, Mapping[str, Any]]
+) -> Int16Array:
+    """Ground Truth colour mask (``H x W x 3`` uint8) to class indices (``H x W`` int16).
+
+    Args:
+        rgb: the consolidated semantic-segmentation PNG as RGB (palette PNGs:
+            ``Image.open(p).convert("RGB")``).
+        color_map: ``<label-attribute>-metadata["internal-color-map"]``.
+
+    Raises:
+        AnnotationError: a pixel colour is not in the map (names the colours, their pixel
+            counts and the known colours).
+    """
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise AnnotationError(
+            f"colour mask must be an H x W x 3 uint8 RGB array. "
+            f"Received: shape={arr.shape}, dtype={arr.dtype}",
+            hint='read the PNG with Image.open(path).convert("RGB")',
+        )
+    indices, colors, names = _parse_color_map(color_map)
+    packed = (
+        (arr[:, :, 0].astype(np.uint32) << 16)
+        | (arr[:, :, 1].astype(np.uint32) << 8)
+        | arr[:, :, 2].astype(np.uint32)
+    )
+    order = np.argsort(colors)
+    sorted_colors = colors[order]
+    pos = np.searchsorted(sorted_colors, packed).clip(max=len(sorted_colors) - 1)
+    known = sorted_colors[pos] == packed
+    if not known.all():
+        unknown, n_px = np.unique(packed[~known], return_counts=True)
+        worst = np.argsort(-n_px)[:5]
+        listed = ", ".join(f"#{int(unknown[i]):06x} ({int(n_px[i])} px)" for i in worst)
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise AnnotationError(
+            f"colour mask has {int((~known).sum())} pixels in {len(unknown)} colour(s) that are "
+            f"not in internal-color-map: {listed}{more}. Known colours: {', '.join(names)}",
+            hint="the PNG must be the job's consolidated mask, read losslessly as RGB "
+            "(no JPEG, no resampling); check that the colour map belongs to this mask",
+        )
+    return indices[order][pos].astype(np.int16)
+
+
+def class_mask_to_color_mask(
+    class_mask: npt.ArrayLike, color_map: Mapping[str, Mapping[str, Any]]
+) -> UInt8Array:
+    """Inverse of :func:`color_mask_to_class_mask`: class indices to ``H x W x 3`` RGB."""
+    cls = np.asarray(class_mask)
+    if cls.ndim != 2 or not np.issubdtype(cls.dtype, np.integer):
+        raise AnnotationError(
+            f"class mask must be a 2-D integer array. Received: shape={cls.shape}, dtype={cls.dtype}"
+        )
+    indices, colors, names = _parse_color_map(color_map)
+    lut = np.zeros((int(indices.max()) + 1, 3), dtype=np.uint8)
+    defined = np.zeros(len(lut), dtype=np.bool_)
+    lut[indices] = np.stack([(colors >> s) & 0xFF for s in (16, 8, 0)], axis=1).astype(np.uint8)
+    defined[indices] = True
+    present = np.unique(cls)
+    bad = [int(c) for c in present if not (0 <= c < len(lut) and defined[c])]
+    if bad:
+        raise AnnotationError(
+            f"class mask uses indices {bad} that are not in internal-color-map. "
+            f"Known: {', '.join(names)}"
+        )
+    return lut[cls]

@@ -140,7 +140,7 @@ def find_ls_bin(explicit: str | Path | None = None) -> Path:
                     hint=INSTALL_HINT,
                 )
             return path.resolve()
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[3]  # camlabel/backends/labelstudio/server.py
     local = repo / ".venv-ls" / "bin" / "label-studio"
     if local.is_file() and os.access(local, os.X_OK):
         return local

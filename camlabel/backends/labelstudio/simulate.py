@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from camlabel.backends.labelstudio import CLASS_FROM, POLYGON_FROM, TO_NAME, LabelStudioBackend
+from camlabel.backends.labelstudio.backend import LabelStudioBackend
+from camlabel.backends.labelstudio.tasks import CLASS_FROM, POLYGON_FROM, TO_NAME
 from camlabel.records import JobRef
 
 ANNOTATORS = ("annotator1@camlabel.local", "annotator2@camlabel.local")
