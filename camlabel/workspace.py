@@ -2,7 +2,7 @@
 
 Layout (``camlabel init WS``)::
 
-    WS/camlabel.json     settings (classes, image size, CAM and backend settings)
+    WS/camlabel.json     settings (classes, image size, CAM and backend settings; see camlabel.config)
     WS/ledger.jsonl      one record per image (see camlabel.ledger)
     WS/runs.jsonl        one record per run: command, settings, seeds, versions
     WS/images/           8-bit display PNGs named <sha256>.png (what labeling tools see)
@@ -24,44 +24,43 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from camlabel.config import (
+    CONFIG_NAME,
+    DEFAULT_LESION_CLASSES,
+    CamSettings,
+    ConsensusSettings,
+    LabelStudioSettings,
+    Settings,
+    WorkspaceSettings,
+    check_config,
+    describe,
+)
 from camlabel.errors import ConfigError, WorkspaceError
 from camlabel.ledger import Ledger, atomic_write_text
 from camlabel.records import ImageRecord
 
-CONFIG_NAME = "camlabel.json"
-DEFAULT_CLASSES = ("covid", "pneumonia", "normal")
-DEFAULT_LESION_CLASSES = ("covid", "pneumonia")
 FOLDERS = ("images", "heatmaps", "annotations", "masks", "models", "reports", "secrets", "exports")
+#: The keys of each section that a new camlabel.json lists (the others keep their defaults).
+_NEW_FILE_KEYS = {
+    "labelstudio": ("url", "project_title", "port"),
+    "groundtruth": ("bucket", "prefix", "region", "job_type", "role_arn", "workteam_arn"),
+}
 
 
 def default_config() -> dict[str, Any]:
-    """The settings a new workspace starts with (documented in docs/formats.md)."""
+    """The settings a new workspace starts with: the defaults of camlabel.config's sections
+    (documented in docs/formats.md)."""
+    from camlabel.backends.groundtruth import GroundTruthSettings
+
+    def pick(settings: Any, keys: Sequence[str]) -> dict[str, Any]:
+        return {k: v for k, v in describe(settings).items() if k in keys}
+
     return {
-        "config_version": 1,
-        "classes": list(DEFAULT_CLASSES),
-        "lesion_classes": list(DEFAULT_LESION_CLASSES),
-        "lesion_label": "Opacity",
-        "image_size": 224,
-        "seg_image_size": 256,
-        "seed": 1234,
-        "cam": {
-            "method": "gradcam",
-            "fusion": "normalize-mean",
-            "threshold": 0.5,
-            "min_area_fraction": 0.002,
-            "epsilon_px": 1.5,
-            "max_vertices": 64,
-        },
-        "labelstudio": {"url": None, "project_title": "camlabel lesions", "port": 8089},
-        "groundtruth": {
-            "bucket": None,
-            "prefix": "camlabel",
-            "region": "us-east-1",
-            "job_type": "adjustment",
-            "role_arn": None,
-            "workteam_arn": None,
-        },
-        "consensus": {"rule": "majority", "min_annotations": 1},
+        **describe(WorkspaceSettings()),
+        "cam": describe(CamSettings()),
+        "labelstudio": pick(LabelStudioSettings(), _NEW_FILE_KEYS["labelstudio"]),
+        "groundtruth": pick(GroundTruthSettings(), _NEW_FILE_KEYS["groundtruth"]),
+        "consensus": describe(ConsensusSettings()),
     }
 
 
@@ -73,16 +72,6 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def env_setting(name: str, flag_value: Any = None, config_value: Any = None) -> Any:
-    """Resolve one setting: flag > ``CAMLABEL_<NAME>`` env > workspace file value."""
-    if flag_value is not None:
-        return flag_value
-    env = os.environ.get(f"CAMLABEL_{name.upper()}")
-    if env not in (None, ""):
-        return env
-    return config_value
 
 
 def tool_versions() -> dict[str, str]:
@@ -185,6 +174,7 @@ class Workspace:
                 f"{cfg_path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                 hint="fix the file, or move it away and run camlabel init again",
             ) from exc
+        check_config(user, cfg_path)
         cfg = _merge(default_config(), user)
         _check_config(cfg, cfg_path)
         return cls(root=root, config=cfg)
@@ -218,6 +208,11 @@ class Workspace:
 
     def display_png(self, image_id: str) -> Path:
         return self.dir("images") / f"{image_id}.png"
+
+    @property
+    def settings(self) -> Settings:
+        """Typed, validated views of :attr:`config` (``ws.settings.cam``...), read on access."""
+        return Settings(self.config, self.root / CONFIG_NAME)
 
     @property
     def classes(self) -> tuple[str, ...]:

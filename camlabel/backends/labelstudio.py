@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as _dt
 import email.utils
 import json
-import os
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -57,6 +56,7 @@ from camlabel.backends.base import (
     PushReport,
     TaskOutcome,
 )
+from camlabel.config import LabelStudioSettings
 from camlabel.errors import (
     AnnotationError,
     BackendError,
@@ -81,16 +81,8 @@ POLYGON_FROM = "lesion"
 BRUSH_FROM = "lesion_brush"
 CLASS_FROM = "image_class"
 TO_NAME = "image"
-#: Tasks per import request. Label Studio accepts up to 250k tasks / 200 MB per request;
-#: 500 tasks with 64-vertex polygons are ~1 MB, and a chunk is also the unit of progress
-#: committed to the ledger.
-DEFAULT_CHUNK = 500
 #: Files per upload request (PNGs of a few hundred kB each).
 UPLOAD_CHUNK = 50
-#: Tasks per page when listing.
-PAGE_SIZE = 1000
-#: Seconds subtracted from the server's clock for the pull cursor (see the module docstring).
-CURSOR_MARGIN_S = 30
 HINT_DOWN = (
     "is the server running? Start the embedded one with: camlabel labelstudio start -w WS; "
     "for another server pass --url and --token (env CAMLABEL_LS_URL / CAMLABEL_LS_TOKEN)"
@@ -151,6 +143,9 @@ class LabelStudioBackend(Backend):
 
     Args:
         workspace: the workspace whose images are published.
+        settings: resolved :class:`~camlabel.config.LabelStudioSettings`; None resolves them
+            from the keyword options below (flag > ``CAMLABEL_LS_<NAME>`` env > workspace
+            ``labelstudio`` section > default).
         url: server URL. Default: ``$CAMLABEL_LS_URL``, then the workspace config's
             ``labelstudio.url``, then the workspace's running embedded server.
         token: API token (legacy token or personal access token). Default:
@@ -172,43 +167,31 @@ class LabelStudioBackend(Backend):
     """
 
     name: ClassVar[str] = "labelstudio"
+    settings_class: ClassVar[type] = LabelStudioSettings
+    config_section: ClassVar[str | None] = "labelstudio"
+    env_prefix: ClassVar[str | None] = "CAMLABEL_LS_"
     lists_all_annotations: ClassVar[bool] = True
 
     def __init__(
-        self,
-        workspace: Workspace,
-        url: str | None = None,
-        token: str | None = None,
-        project: str | int | None = None,
-        upload: bool | None = None,
-        *,
-        document_root: str | Path | None = None,
-        timeout: float = 60.0,
-        retries: int = 4,
-        backoff: float = 0.25,
-        chunk_size: int = DEFAULT_CHUNK,
-        page_size: int = PAGE_SIZE,
-        cursor_margin_s: float = CURSOR_MARGIN_S,
-        **options: Any,
+        self, workspace: Workspace, settings: LabelStudioSettings | None = None, **options: Any
     ) -> None:
-        super().__init__(workspace, **options)
-        if retries < 0 or timeout <= 0 or chunk_size < 1 or page_size < 1:
+        super().__init__(workspace, settings, **options)
+        s: LabelStudioSettings = self.settings
+        if s.retries < 0 or s.timeout <= 0 or s.chunk_size < 1 or s.page_size < 1:
             raise ConfigError(
                 "Label Studio backend: retries must be >= 0, timeout > 0, chunk_size and "
-                f"page_size >= 1. Received: retries={retries}, timeout={timeout}, "
-                f"chunk_size={chunk_size}, page_size={page_size}"
+                f"page_size >= 1. Received: retries={s.retries}, timeout={s.timeout}, "
+                f"chunk_size={s.chunk_size}, page_size={s.page_size}"
             )
-        self._url_opt = url
-        self._token_opt = token
-        self.project_opt = None if project in (None, "") else project
-        self.upload_opt = upload
-        self.document_root = Path(document_root).resolve() if document_root else None
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.chunk_size = int(chunk_size)
-        self.page_size = int(page_size)
-        self.cursor_margin_s = float(cursor_margin_s)
+        self.project_opt = None if s.project in (None, "") else s.project
+        self.upload_opt = s.upload
+        self.document_root = Path(s.document_root).resolve() if s.document_root else None
+        self.timeout = s.timeout
+        self.retries = s.retries
+        self.backoff = s.backoff
+        self.chunk_size = s.chunk_size
+        self.page_size = s.page_size
+        self.cursor_margin_s = s.cursor_margin_s
         self.url: str | None = None
         self._token: str | None = None
         self._embedded = False
@@ -224,8 +207,7 @@ class LabelStudioBackend(Backend):
             return
         from camlabel import labelstudio_server as srv
 
-        cfg = self.workspace.config.get("labelstudio", {})
-        url = self._url_opt or os.environ.get("CAMLABEL_LS_URL") or cfg.get("url")
+        url = self.settings.url
         embedded_url = srv.running_url(self.workspace)
         if not url:
             if embedded_url is None:
@@ -242,7 +224,7 @@ class LabelStudioBackend(Backend):
                 hint="e.g. --url http://127.0.0.1:8089",
             )
         self._embedded = embedded_url is not None and _same_server(url, embedded_url)
-        token = self._token_opt or os.environ.get("CAMLABEL_LS_TOKEN")
+        token = self.settings.token
         if not token:
             creds = srv.load_credentials(self.workspace)
             if creds is not None and (self._embedded or _is_loopback(url)):
