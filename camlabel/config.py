@@ -450,8 +450,8 @@ SECTIONS: dict[str, tuple[type, str | None]] = {
 
 
 def check_config(cfg: Any, path: str | Path = CONFIG_NAME) -> None:
-    """Check the types of a whole ``camlabel.json`` (the ``groundtruth`` section is checked
-    by that backend's settings class when it is used)."""
+    """Check the types of a whole ``camlabel.json``: the top level, the sections above, and
+    the section of every registered backend that keeps its settings in the file."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(
             f"{path}: the file must hold one JSON object. Received: {_json_type(cfg)}",
@@ -460,11 +460,13 @@ def check_config(cfg: Any, path: str | Path = CONFIG_NAME) -> None:
     check_section(WorkspaceSettings, cfg, section="", file=path)
     for key, (cls, _prefix) in SECTIONS.items():
         check_section(cls, cfg.get(key), section=key, file=path)
-    if cfg.get("groundtruth") is not None and not isinstance(cfg["groundtruth"], Mapping):
-        raise ConfigError(
-            f"{path}: 'groundtruth' must be an object (a JSON {{...}} of settings). "
-            f"Received: groundtruth={cfg['groundtruth']!r} ({_json_type(cfg['groundtruth'])})"
-        )
+    from camlabel.backends.base import backend_class, backend_names
+
+    for name in backend_names(include_hidden=True):
+        backend = backend_class(name)
+        section = backend.config_section
+        if section and section not in SECTIONS:
+            check_section(backend.settings_class, cfg.get(section), section=section, file=path)
 
 
 class Settings:

@@ -97,3 +97,10 @@ def test_unknown_keys_in_the_config_are_kept(tmp_path: Path) -> None:
     again = Workspace.open(ws.root)
     assert again.config["my_note"] == 1 and again.config["cam"]["colour"] == "red"
     assert again.settings.cam.threshold == 0.5
+
+
+def test_open_checks_backend_sections_too(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    (ws.root / "camlabel.json").write_text('{"groundtruth": {"workers_per_object": "three"}}')
+    with pytest.raises(ConfigError, match=r"groundtruth\.workers_per_object must be an integer"):
+        Workspace.open(ws.root)
