@@ -17,18 +17,14 @@ choices, whether the value is a secret (never printed, never written to the work
 and the environment variable. Backends declare their settings this way
 (``Backend.settings_class``) and ``camlabel/cli/labeling.py`` builds their flags from it.
 
-Sections and their environment prefixes:
+Sections (key in the file: class, environment variables):
 
-=============  =====================  ==============================================
-section        class                  environment variables
-=============  =====================  ==============================================
-(top level)    :class:`WorkspaceSettings`    none
-``cam``        :class:`CamSettings`          ``CAMLABEL_CAM_<KEY>``
-``consensus``  :class:`ConsensusSettings`    ``CAMLABEL_CONSENSUS_<KEY>``
-``labelstudio``:class:`LabelStudioSettings`  ``CAMLABEL_LS_<KEY>`` (``CAMLABEL_LS_URL``...)
-``groundtruth````GroundTruthSettings`` (in the Ground Truth backend) ``CAMLABEL_GT_<KEY>``
-``sagemaker``  :class:`SageMakerSection`     ``CAMLABEL_SEG_<KEY>``
-=============  =====================  ==============================================
+- top level: :class:`WorkspaceSettings`, none
+- ``cam``: :class:`CamSettings`, ``CAMLABEL_CAM_<KEY>``
+- ``consensus``: :class:`ConsensusSettings`, ``CAMLABEL_CONSENSUS_<KEY>``
+- ``labelstudio``: :class:`LabelStudioSettings`, ``CAMLABEL_LS_<KEY>`` (``CAMLABEL_LS_URL``...)
+- ``groundtruth``: ``GroundTruthSettings`` in the Ground Truth backend, ``CAMLABEL_GT_<KEY>``
+- ``sagemaker``: :class:`SageMakerSection`, ``CAMLABEL_SEG_<KEY>``
 
 The ``sagemaker`` section (``train-seg --on sagemaker``) is optional: a key it does not set
 falls back to the ``groundtruth`` section's ``bucket``, ``prefix``, ``region`` and
@@ -53,6 +49,9 @@ CONFIG_NAME = "camlabel.json"
 DEFAULT_SEED = 1234
 DEFAULT_CLASSES = ("covid", "pneumonia", "normal")
 DEFAULT_LESION_CLASSES = ("covid", "pneumonia")
+#: S3 key prefix and AWS region of Ground Truth jobs and SageMaker training.
+DEFAULT_S3_PREFIX = "camlabel"
+DEFAULT_AWS_REGION = "us-east-1"
 
 T = TypeVar("T")
 
@@ -201,18 +200,23 @@ def check_section(
     """Check the file values of one section (types only; unknown keys are allowed)."""
     if ws_section is None:
         return
-    if not isinstance(ws_section, Mapping):
-        raise ConfigError(
-            f"{file}: '{section}' must be an object (a JSON {{...}} of settings). "
-            f"Received: {section}={ws_section!r} ({_json_type(ws_section)})",
-            hint=f"see docs/formats.md for the keys of '{section}'",
-        )
+    if section:
+        _check_is_object(ws_section, section, file)
     for f in fields_of(cls):
         if f.in_file and f.name in ws_section:
             raw = ws_section[f.name]
             if raw is None and not _allows_none(f.type):
                 continue
             _coerce(raw, f.type, f"{section}.{f.name}" if section else f.name, str(file), False)
+
+
+def _check_is_object(value: Any, section: str, file: str | Path) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{file}: '{section}' must be an object (a JSON {{...}} of settings). "
+            f"Received: {section}={value!r} ({_json_type(value)})",
+            hint=f"see docs/formats.md for the keys of '{section}'",
+        )
 
 
 # ----------------------------------------------------------------------------- coercion
@@ -433,7 +437,7 @@ class SageMakerSection:
     """
 
     bucket: str | None = setting(None, help="S3 bucket")
-    prefix: str = setting("camlabel", help="S3 key prefix")
+    prefix: str = setting(DEFAULT_S3_PREFIX, help="S3 key prefix")
     region: str | None = setting(None, help="AWS region")
     role_arn: str | None = setting(None, help="execution role ARN")
 
@@ -450,8 +454,8 @@ SECTIONS: dict[str, tuple[type, str | None]] = {
 
 
 def check_config(cfg: Any, path: str | Path = CONFIG_NAME) -> None:
-    """Check the types of a whole ``camlabel.json``: the top level, the sections above, and
-    the section of every registered backend that keeps its settings in the file."""
+    """Check the types of ``camlabel.json``'s top level and of the sections above (the
+    ``groundtruth`` section is checked by that backend's settings class when it is used)."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(
             f"{path}: the file must hold one JSON object. Received: {_json_type(cfg)}",
@@ -460,13 +464,7 @@ def check_config(cfg: Any, path: str | Path = CONFIG_NAME) -> None:
     check_section(WorkspaceSettings, cfg, section="", file=path)
     for key, (cls, _prefix) in SECTIONS.items():
         check_section(cls, cfg.get(key), section=key, file=path)
-    from camlabel.backends.base import backend_class, backend_names
-
-    for name in backend_names(include_hidden=True):
-        backend = backend_class(name)
-        section = backend.config_section
-        if section and section not in SECTIONS:
-            check_section(backend.settings_class, cfg.get(section), section=section, file=path)
+    _check_is_object(cfg.get("groundtruth"), "groundtruth", path)
 
 
 class Settings:

@@ -26,7 +26,9 @@ from typing import Any
 
 from camlabel.config import (
     CONFIG_NAME,
+    DEFAULT_AWS_REGION,
     DEFAULT_LESION_CLASSES,
+    DEFAULT_S3_PREFIX,
     CamSettings,
     ConsensusSettings,
     LabelStudioSettings,
@@ -40,17 +42,13 @@ from camlabel.ledger import Ledger, atomic_write_text
 from camlabel.records import ImageRecord
 
 FOLDERS = ("images", "heatmaps", "annotations", "masks", "models", "reports", "secrets", "exports")
-#: The keys of each section that a new camlabel.json lists (the others keep their defaults).
-_NEW_FILE_KEYS = {
-    "labelstudio": ("url", "project_title", "port"),
-    "groundtruth": ("bucket", "prefix", "region", "job_type", "role_arn", "workteam_arn"),
-}
+#: The Label Studio keys a new camlabel.json lists (the others keep their defaults).
+_NEW_FILE_LS_KEYS = ("url", "project_title", "port")
 
 
 def default_config() -> dict[str, Any]:
     """The settings a new workspace starts with: the defaults of camlabel.config's sections
     (documented in docs/formats.md)."""
-    from camlabel.backends.groundtruth import GroundTruthSettings
 
     def pick(settings: Any, keys: Sequence[str]) -> dict[str, Any]:
         return {k: v for k, v in describe(settings).items() if k in keys}
@@ -58,8 +56,16 @@ def default_config() -> dict[str, Any]:
     return {
         **describe(WorkspaceSettings()),
         "cam": describe(CamSettings()),
-        "labelstudio": pick(LabelStudioSettings(), _NEW_FILE_KEYS["labelstudio"]),
-        "groundtruth": pick(GroundTruthSettings(), _NEW_FILE_KEYS["groundtruth"]),
+        "labelstudio": pick(LabelStudioSettings(), _NEW_FILE_LS_KEYS),
+        # the Ground Truth backend's own settings class holds the rest (camlabel.backends)
+        "groundtruth": {
+            "bucket": None,
+            "prefix": DEFAULT_S3_PREFIX,
+            "region": DEFAULT_AWS_REGION,
+            "job_type": "adjustment",
+            "role_arn": None,
+            "workteam_arn": None,
+        },
         "consensus": describe(ConsensusSettings()),
     }
 

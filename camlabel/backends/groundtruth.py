@@ -58,7 +58,7 @@ from camlabel.backends.base import (
     PushReport,
     TaskOutcome,
 )
-from camlabel.config import resolve, setting
+from camlabel.config import DEFAULT_AWS_REGION, DEFAULT_S3_PREFIX, resolve, setting
 from camlabel.errors import (
     AnnotationError,
     BackendError,
@@ -137,9 +137,12 @@ class GroundTruthSettings:
     """
 
     bucket: str | None = setting(None, flag="--bucket", help="S3 bucket.")
-    prefix: str = setting("camlabel", flag="--prefix", help="S3 key prefix.")
+    prefix: str = setting(DEFAULT_S3_PREFIX, flag="--prefix", help="S3 key prefix.")
     region: str = setting(
-        "us-east-1", flag="--region", commands=("push-jobs", "pull-masks"), help="AWS region."
+        DEFAULT_AWS_REGION,
+        flag="--region",
+        commands=("push-jobs", "pull-masks"),
+        help="AWS region.",
     )
     job_type: str = setting(
         "adjustment",
