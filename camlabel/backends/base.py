@@ -200,7 +200,7 @@ def backend_class(name: str) -> type[Backend]:
     except KeyError:
         raise UsageError(
             f"Wrong backend name {name!r}, supported backends: {sorted(backend_names())}",
-            hint="pass --backend labelstudio (the local default) or --backend groundtruth",
+            hint="pass " + " or ".join(f"--backend {n}" for n in backend_names()),
         ) from None
     module, _, attr = target.partition(":")
     cls: type[Backend] = getattr(importlib.import_module(module), attr)
