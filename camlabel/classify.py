@@ -626,28 +626,13 @@ def resolve_inputs(inputs: Sequence[str | Path], classes: Sequence[str] = ()) ->
 # =============================================================================== Grad-CAM
 def cam_settings(ws: Workspace | None = None, **overrides: Any) -> dict[str, Any]:
     """CAM settings: flag (``overrides`` not None) > ``CAMLABEL_CAM_*`` env > workspace > defaults."""
-    from camlabel.workspace import default_config, env_setting
+    from camlabel import config
 
-    base = dict(default_config()["cam"])
-    if ws is not None:
-        base.update(ws.config.get("cam", {}))
-    from camlabel.errors import ConfigError
-
-    out = {key: env_setting(f"cam_{key}", overrides.get(key), value) for key, value in base.items()}
-    try:
-        for key in ("min_area_fraction", "epsilon_px"):
-            out[key] = float(out[key])
-        mv = out["max_vertices"]
-        out["max_vertices"] = None if mv in (None, "", "none") else int(mv)
-        thr = out["threshold"]
-        out["threshold"] = thr if thr == "otsu" else float(thr)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"invalid CAM setting ({exc}). Received: {out}",
-            hint="threshold: a fraction in (0, 1] or 'otsu'; min_area_fraction, epsilon_px: "
-            "numbers; max_vertices: an integer or null (camlabel.json 'cam', or CAMLABEL_CAM_*)",
-        ) from exc
-    return out
+    section = ws.config.get("cam") if ws is not None else None
+    resolved = config.resolve(
+        config.CamSettings, overrides, section, "CAMLABEL_CAM_", section="cam"
+    )
+    return config.describe(resolved)
 
 
 def preannotation_from_map(

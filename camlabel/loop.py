@@ -55,7 +55,7 @@ def push_jobs(
             "nothing to push: no image in the ledger has a pre-annotation",
             hint="run camlabel gradcam MODEL IMAGES -w WS first, or pass --all to push empty tasks",
         )
-    be = get_backend(backend, ws, **dict(options or {}))
+    be = get_backend(backend, ws, options)
 
     def on_pushed(jobs: Mapping[str, JobRef]) -> None:
         if dry_run:
@@ -146,12 +146,9 @@ def pull_masks(
     progress: bool = True,
 ) -> PullSummary:
     """Fetch new/updated annotations, write masks and provenance. Safe to interrupt and re-run."""
-    rule = consensus_rule or ws.config["consensus"]["rule"]
-    k = int(
-        min_annotations
-        if min_annotations is not None
-        else ws.config["consensus"]["min_annotations"]
-    )
+    settings = ws.settings.consensus
+    rule = consensus_rule or settings.rule
+    k = int(min_annotations if min_annotations is not None else settings.min_annotations)
     if rule not in consensus.RULES:
         consensus.merge([np.zeros((1, 1), bool)], rule)  # raises the listing error
     if k < 1:
@@ -163,7 +160,7 @@ def pull_masks(
             f"nothing to pull: no image in the ledger was pushed to {backend}",
             hint=f"run camlabel push-jobs --backend {backend} -w {ws.root} first",
         )
-    be = get_backend(backend, ws, **dict(options or {}))
+    be = get_backend(backend, ws, options)
     cpath = cursor_path(ws, backend)
     cursor = None if full or not cpath.exists() else json.loads(cpath.read_text())
     report: PullReport = be.pull(jobs, cursor=cursor, progress=progress)

@@ -432,7 +432,7 @@ def _lesion_classes(classifier: Any, override: Sequence[str] | None) -> tuple[st
     info = getattr(classifier, "info", None) or {}
     if info.get("lesion_classes"):
         return tuple(info["lesion_classes"])
-    from camlabel.workspace import DEFAULT_LESION_CLASSES
+    from camlabel.config import DEFAULT_LESION_CLASSES
 
     classes = tuple(getattr(classifier, "classes", ()) or ())
     found = tuple(c for c in classes if c in DEFAULT_LESION_CLASSES)

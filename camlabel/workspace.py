@@ -2,7 +2,7 @@
 
 Layout (``camlabel init WS``)::
 
-    WS/camlabel.json     settings (classes, image size, CAM and backend settings)
+    WS/camlabel.json     settings (classes, image size, CAM and backend settings; see camlabel.config)
     WS/ledger.jsonl      one record per image (see camlabel.ledger)
     WS/runs.jsonl        one record per run: command, settings, seeds, versions
     WS/images/           8-bit display PNGs named <sha256>.png (what labeling tools see)
@@ -24,44 +24,49 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from camlabel.config import (
+    CONFIG_NAME,
+    DEFAULT_AWS_REGION,
+    DEFAULT_LESION_CLASSES,
+    DEFAULT_S3_PREFIX,
+    CamSettings,
+    ConsensusSettings,
+    LabelStudioSettings,
+    Settings,
+    WorkspaceSettings,
+    check_config,
+    describe,
+)
 from camlabel.errors import ConfigError, WorkspaceError
 from camlabel.ledger import Ledger, atomic_write_text
 from camlabel.records import ImageRecord
 
-CONFIG_NAME = "camlabel.json"
-DEFAULT_CLASSES = ("covid", "pneumonia", "normal")
-DEFAULT_LESION_CLASSES = ("covid", "pneumonia")
 FOLDERS = ("images", "heatmaps", "annotations", "masks", "models", "reports", "secrets", "exports")
+#: The Label Studio keys a new camlabel.json lists (the others keep their defaults).
+_NEW_FILE_LS_KEYS = ("url", "project_title", "port")
 
 
 def default_config() -> dict[str, Any]:
-    """The settings a new workspace starts with (documented in docs/formats.md)."""
+    """The settings a new workspace starts with: the defaults of camlabel.config's sections
+    (documented in docs/formats.md)."""
+
+    def pick(settings: Any, keys: Sequence[str]) -> dict[str, Any]:
+        return {k: v for k, v in describe(settings).items() if k in keys}
+
     return {
-        "config_version": 1,
-        "classes": list(DEFAULT_CLASSES),
-        "lesion_classes": list(DEFAULT_LESION_CLASSES),
-        "lesion_label": "Opacity",
-        "image_size": 224,
-        "seg_image_size": 256,
-        "seed": 1234,
-        "cam": {
-            "method": "gradcam",
-            "fusion": "normalize-mean",
-            "threshold": 0.5,
-            "min_area_fraction": 0.002,
-            "epsilon_px": 1.5,
-            "max_vertices": 64,
-        },
-        "labelstudio": {"url": None, "project_title": "camlabel lesions", "port": 8089},
+        **describe(WorkspaceSettings()),
+        "cam": describe(CamSettings()),
+        "labelstudio": pick(LabelStudioSettings(), _NEW_FILE_LS_KEYS),
+        # the Ground Truth backend's own settings class holds the rest (camlabel.backends)
         "groundtruth": {
             "bucket": None,
-            "prefix": "camlabel",
-            "region": "us-east-1",
+            "prefix": DEFAULT_S3_PREFIX,
+            "region": DEFAULT_AWS_REGION,
             "job_type": "adjustment",
             "role_arn": None,
             "workteam_arn": None,
         },
-        "consensus": {"rule": "majority", "min_annotations": 1},
+        "consensus": describe(ConsensusSettings()),
     }
 
 
@@ -73,16 +78,6 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def env_setting(name: str, flag_value: Any = None, config_value: Any = None) -> Any:
-    """Resolve one setting: flag > ``CAMLABEL_<NAME>`` env > workspace file value."""
-    if flag_value is not None:
-        return flag_value
-    env = os.environ.get(f"CAMLABEL_{name.upper()}")
-    if env not in (None, ""):
-        return env
-    return config_value
 
 
 def tool_versions() -> dict[str, str]:
@@ -185,6 +180,7 @@ class Workspace:
                 f"{cfg_path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
                 hint="fix the file, or move it away and run camlabel init again",
             ) from exc
+        check_config(user, cfg_path)
         cfg = _merge(default_config(), user)
         _check_config(cfg, cfg_path)
         return cls(root=root, config=cfg)
@@ -218,6 +214,11 @@ class Workspace:
 
     def display_png(self, image_id: str) -> Path:
         return self.dir("images") / f"{image_id}.png"
+
+    @property
+    def settings(self) -> Settings:
+        """Typed, validated views of :attr:`config` (``ws.settings.cam``...), read on access."""
+        return Settings(self.config, self.root / CONFIG_NAME)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -17,18 +17,61 @@ from camlabel.cli.common import (
     workspace_option,
 )
 
-BACKEND_CHOICE = click.Choice(["labelstudio", "groundtruth"])
+
+class BackendOptionsCommand(click.Command):
+    """A command whose backend flags are generated from the backend registry.
+
+    Each registered backend's settings class declares its flags (``camlabel.config.setting``:
+    flag, help, choices, the commands offering it); they are added the first time Click asks
+    for the parameters (a run or ``--help``), so ``camlabel --help`` imports no backend
+    module. A flag declared by several backends appears once.
+    """
+
+    _backend_flags_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._backend_flags_added:
+            self._backend_flags_added = True
+            at = len(self.params) - 1  # before --json
+            self.params[at:at] = backend_options(self.name or "")
+        return super().get_params(ctx)
+
+
+def backend_options(command: str) -> list[click.Option]:
+    """The Click options of every visible backend's settings offered by ``command``."""
+    from camlabel.backends.base import backend_class, backend_names
+    from camlabel.config import fields_of
+
+    out: dict[str, click.Option] = {}
+    for name in backend_names():
+        cls = backend_class(name)
+        for f in fields_of(cls.settings_class, cls.env_prefix):
+            if f.flag is None or command not in f.commands or f.name in out:
+                continue
+            out[f.name] = click.Option(
+                [f.flag, f.name],
+                type=click.Choice(f.choices) if f.choices else None,
+                default=None,
+                help=f"[{f.cli_tag or name}] {f.help}",
+            )
+    return list(out.values())
+
+
+def _backend_choice() -> click.Choice:
+    from camlabel.backends.base import backend_names
+
+    return click.Choice(backend_names())
 
 
 def _options(**kw: Any) -> dict[str, Any]:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-@click.command("push-jobs")
+@click.command("push-jobs", cls=BackendOptionsCommand)
 @workspace_option
 @click.option(
     "--backend",
-    type=BACKEND_CHOICE,
+    type=_backend_choice(),
     default="labelstudio",
     show_default=True,
     help="Where annotators work.",
@@ -41,44 +84,6 @@ def _options(**kw: Any) -> dict[str, Any]:
 )
 @click.option(
     "--dry-run", is_flag=True, help="Write what would be sent under WS/exports/ and call nothing."
-)
-@click.option(
-    "--url",
-    envvar="CAMLABEL_LS_URL",
-    default=None,
-    help="[labelstudio] server URL (env CAMLABEL_LS_URL; default: the embedded server).",
-)
-@click.option(
-    "--token",
-    envvar="CAMLABEL_LS_TOKEN",
-    default=None,
-    help="[labelstudio] API token (env CAMLABEL_LS_TOKEN). Never printed.",
-)
-@click.option("--project", default=None, help="[labelstudio] existing project id to use.")
-@click.option(
-    "--upload/--local-files",
-    default=None,
-    help="[labelstudio] upload images (remote server) or serve them as local files (embedded server).",
-)
-@click.option("--bucket", default=None, help="[groundtruth] S3 bucket.")
-@click.option("--prefix", default=None, help="[groundtruth] S3 key prefix.")
-@click.option("--role-arn", default=None, help="[groundtruth] IAM role Ground Truth assumes.")
-@click.option("--workteam-arn", default=None, help="[groundtruth] private or vendor workteam.")
-@click.option(
-    "--job-type",
-    type=click.Choice(["adjustment", "polygon"]),
-    default=None,
-    help="[groundtruth] adjustment (CAM mask) or polygon job.",
-)
-@click.option("--region", default=None, help="[groundtruth] AWS region.")
-@click.option(
-    "--kms-key", default=None, help="[groundtruth] KMS key id for SSE-KMS (default SSE-S3)."
-)
-@click.option(
-    "--pre-lambda-arn", default=None, help="[groundtruth polygon] pre-annotation Lambda ARN."
-)
-@click.option(
-    "--acs-lambda-arn", default=None, help="[groundtruth polygon] consolidation Lambda ARN."
 )
 @json_option
 def push_jobs(
@@ -120,9 +125,9 @@ def push_jobs(
         raise SystemExit(1)
 
 
-@click.command("pull-masks")
+@click.command("pull-masks", cls=BackendOptionsCommand)
 @workspace_option
-@click.option("--backend", type=BACKEND_CHOICE, default="labelstudio", show_default=True)
+@click.option("--backend", type=_backend_choice(), default="labelstudio", show_default=True)
 @click.option(
     "--consensus",
     "consensus_rule",
@@ -137,9 +142,6 @@ def push_jobs(
     help="Masks only for tasks with at least K submitted annotations [1].",
 )
 @click.option("--full", is_flag=True, help="Ignore the cursor and re-read every task.")
-@click.option("--url", envvar="CAMLABEL_LS_URL", default=None, help="[labelstudio] server URL.")
-@click.option("--token", envvar="CAMLABEL_LS_TOKEN", default=None, help="[labelstudio] API token.")
-@click.option("--region", default=None, help="[groundtruth] AWS region.")
 @json_option
 def pull_masks(
     workspace: Path,

@@ -108,10 +108,20 @@ from camlabel.cli.common import (
 @click.option(
     "--seed", type=int, default=None, help="Split/augmentation/weights seed [workspace seed]."
 )
-@click.option("--bucket", default=None, help="(sagemaker) S3 bucket [groundtruth.bucket].")
-@click.option("--prefix", default=None, help="(sagemaker) S3 key prefix [groundtruth.prefix].")
 @click.option(
-    "--role-arn", default=None, help="(sagemaker) execution role ARN [groundtruth.role_arn]."
+    "--bucket",
+    default=None,
+    help="(sagemaker) S3 bucket [sagemaker.bucket, else groundtruth.bucket].",
+)
+@click.option(
+    "--prefix",
+    default=None,
+    help="(sagemaker) S3 key prefix [sagemaker.prefix, else groundtruth.prefix].",
+)
+@click.option(
+    "--role-arn",
+    default=None,
+    help="(sagemaker) execution role ARN [sagemaker.role_arn, else groundtruth.role_arn].",
 )
 @click.option(
     "--instance-type",
@@ -119,7 +129,11 @@ from camlabel.cli.common import (
     show_default=True,
     help="(sagemaker) training instance.",
 )
-@click.option("--region", default=None, help="(sagemaker) AWS region [groundtruth.region].")
+@click.option(
+    "--region",
+    default=None,
+    help="(sagemaker) AWS region [sagemaker.region, else groundtruth.region].",
+)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -164,7 +178,6 @@ def train_seg(
     from camlabel.errors import UsageError
     from camlabel.models.tiramisu import ARCHITECTURES
     from camlabel.segment import train_segmenter
-    from camlabel.workspace import env_setting
 
     if arch not in ARCHITECTURES:
         raise UsageError(
@@ -177,12 +190,14 @@ def train_seg(
     if on == "sagemaker":
         from camlabel.train.sagemaker import SageMakerSettings
 
-        gt = ws.config.get("groundtruth", {})
+        where = ws.settings.sagemaker(
+            {"bucket": bucket, "role_arn": role_arn, "prefix": prefix, "region": region}
+        )
         sm_settings = SageMakerSettings(
-            bucket=env_setting("seg_bucket", bucket, gt.get("bucket")),
-            role_arn=env_setting("seg_role_arn", role_arn, gt.get("role_arn")),
-            prefix=env_setting("seg_prefix", prefix, gt.get("prefix")) or "camlabel",
-            region=env_setting("seg_region", region, gt.get("region")),
+            bucket=where.bucket,  # type: ignore[arg-type]  # check() rejects None
+            role_arn=where.role_arn,  # type: ignore[arg-type]
+            prefix=where.prefix or "camlabel",
+            region=where.region,
             instance_type=instance_type,
         )
         sm_settings.check()

@@ -40,7 +40,8 @@ def init(
     seed: int | None,
 ) -> None:
     """Create a workspace: config, ledger and folders (an existing config is kept)."""
-    from camlabel.workspace import CONFIG_NAME, Workspace
+    from camlabel.config import CONFIG_NAME
+    from camlabel.workspace import Workspace
 
     existed = (workspace / CONFIG_NAME).exists()
     ws = Workspace.init(

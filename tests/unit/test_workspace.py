@@ -1,4 +1,5 @@
-"""Registering images: content-hash keys, no duplicates, failures listed, no tags leaked."""
+"""Registering images: content-hash keys, no duplicates, failures listed, no tags leaked;
+the config checked once when a workspace is opened."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from camlabel.cli.main import cli
+from camlabel.errors import ConfigError
 from camlabel.workspace import Workspace
 
 
@@ -57,3 +60,47 @@ def test_phantoms_and_status_cli(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["status", "-w", str(ws.root)])
     assert r.exit_code == 0
     assert "6 image(s)" in r.output and "registered: 6" in r.output
+
+
+@pytest.mark.parametrize(
+    ("content", "key", "received"),
+    [
+        ("[1, 2]", "one JSON object", "list"),
+        ('{"cam": 5}', "'cam' must be an object", "cam=5"),
+        ('{"seed": "abc"}', "seed must be an integer", "seed='abc'"),
+        (
+            '{"consensus": {"min_annotations": "two"}}',
+            "consensus.min_annotations must be an integer",
+            "consensus.min_annotations='two'",
+        ),
+        (
+            '{"labelstudio": {"port": "eighty"}}',
+            "labelstudio.port must be an integer",
+            "labelstudio.port='eighty'",
+        ),
+    ],
+)
+def test_open_validates_the_whole_config(
+    tmp_path: Path, content: str, key: str, received: str
+) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    (ws.root / "camlabel.json").write_text(content)
+    with pytest.raises(ConfigError) as exc:
+        Workspace.open(ws.root)
+    msg = exc.value.message
+    assert "camlabel.json" in msg and key in msg and received in msg, msg
+
+
+def test_unknown_keys_in_the_config_are_kept(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    (ws.root / "camlabel.json").write_text('{"my_note": 1, "cam": {"colour": "red"}}')
+    again = Workspace.open(ws.root)
+    assert again.config["my_note"] == 1 and again.config["cam"]["colour"] == "red"
+    assert again.settings.cam.threshold == 0.5
+
+
+def test_a_backend_section_must_be_an_object(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    (ws.root / "camlabel.json").write_text('{"groundtruth": "my-bucket"}')
+    with pytest.raises(ConfigError, match="'groundtruth' must be an object"):
+        Workspace.open(ws.root)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -87,22 +87,32 @@ class GroundTruthBackend(Backend):
     (tests use botocore's Stubber for the labeling API, which moto does not implement)."""
 
     name = "groundtruth"
+    settings_class: ClassVar[type] = GroundTruthSettings
+    config_section: ClassVar[str | None] = "groundtruth"
+    env_prefix: ClassVar[str | None] = "CAMLABEL_GT_"
+    settings: GroundTruthSettings
 
     def __init__(
         self,
         workspace: Workspace,
+        settings: GroundTruthSettings | None = None,
         *,
         sagemaker_client: Any = None,
         s3_client: Any = None,
         **options: Any,
     ) -> None:
-        super().__init__(workspace, **options)
-        self.settings = GroundTruthSettings.resolve(workspace, options)
+        super().__init__(workspace, settings, **options)
         self._clients: dict[tuple[str, str], Any] = {}
         if sagemaker_client is not None:
             self._clients[("sagemaker", "*")] = sagemaker_client
         if s3_client is not None:
             self._clients[("s3", "*")] = s3_client
+
+    @classmethod
+    def resolve_settings(
+        cls, workspace: Workspace | None, flags: Mapping[str, Any]
+    ) -> GroundTruthSettings:
+        return GroundTruthSettings.resolve(workspace, flags)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, **self.settings.public()}

@@ -1,26 +1,27 @@
 """Ground Truth settings: where jobs go (bucket, prefix, region), what they ask of workers,
 and how each AWS call is bounded. No secret: credentials come from the AWS chain.
 
-Resolved ``flag > CAMLABEL_GT_<NAME> env > workspace "groundtruth" section > default``.
+Resolved by the one resolver, :func:`camlabel.config.resolve`: ``flag > CAMLABEL_GT_<NAME> env >
+workspace "groundtruth" section > default``. The fields carry their CLI flags and help, from
+which push-jobs and pull-masks generate their ``[groundtruth]`` options.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from camlabel.backends.groundtruth.convert import DEFAULT_LESION_HEX
+from camlabel.config import DEFAULT_AWS_REGION, DEFAULT_S3_PREFIX, resolve, setting
 from camlabel.errors import ConfigError
 
 if TYPE_CHECKING:
     from camlabel.workspace import Workspace
 
 JOB_TYPES = ("adjustment", "polygon")
-#: Options that are not settings: injected clients, and the Label Studio flags the CLI may
-#: fill from CAMLABEL_LS_* variables whatever the backend (ignored here).
-_FOREIGN_OPTIONS = ("sagemaker_client", "s3_client", "url", "token", "project", "upload")
 
 
 @dataclass(frozen=True)
@@ -41,84 +42,79 @@ class GroundTruthSettings:
         connect_timeout, read_timeout, max_attempts: every AWS call is bounded.
     """
 
-    bucket: str | None = None
-    prefix: str = "camlabel"
-    region: str = "us-east-1"
-    job_type: str = "adjustment"
-    role_arn: str | None = None
-    workteam_arn: str | None = None
-    kms_key: str | None = None
-    pre_lambda_arn: str | None = None
-    acs_lambda_arn: str | None = None
-    endpoint_url: str | None = None
-    label: str = "Opacity"
-    lesion_color: str = DEFAULT_LESION_HEX
-    workers_per_object: int = 1
-    task_time_limit: int = 3600
-    task_availability: int = 864000
-    max_concurrent_tasks: int | None = None
-    task_title: str = "Correct the lesion outline on chest X-rays"
-    task_description: str = (
+    bucket: str | None = setting(None, flag="--bucket", help="S3 bucket.")
+    prefix: str = setting(DEFAULT_S3_PREFIX, flag="--prefix", help="S3 key prefix.")
+    region: str = setting(
+        DEFAULT_AWS_REGION,
+        flag="--region",
+        commands=("push-jobs", "pull-masks"),
+        help="AWS region.",
+    )
+    job_type: str = setting(
+        "adjustment",
+        flag="--job-type",
+        choices=JOB_TYPES,
+        help="adjustment (CAM mask) or polygon job.",
+    )
+    role_arn: str | None = setting(None, flag="--role-arn", help="IAM role Ground Truth assumes.")
+    workteam_arn: str | None = setting(
+        None, flag="--workteam-arn", help="private or vendor workteam."
+    )
+    kms_key: str | None = setting(
+        None, flag="--kms-key", help="KMS key id for SSE-KMS (default SSE-S3)."
+    )
+    pre_lambda_arn: str | None = setting(
+        None,
+        flag="--pre-lambda-arn",
+        cli_tag="groundtruth polygon",
+        help="pre-annotation Lambda ARN.",
+    )
+    acs_lambda_arn: str | None = setting(
+        None,
+        flag="--acs-lambda-arn",
+        cli_tag="groundtruth polygon",
+        help="consolidation Lambda ARN.",
+    )
+    endpoint_url: str | None = setting(None)
+    label: str = setting("Opacity")
+    lesion_color: str = setting(DEFAULT_LESION_HEX)
+    workers_per_object: int = setting(1)
+    task_time_limit: int = setting(3600)
+    task_availability: int = setting(864000)
+    max_concurrent_tasks: int | None = setting(None)
+    task_title: str = setting("Correct the lesion outline on chest X-rays")
+    task_description: str = setting(
         "An automatic lesion outline (from a classifier's attention map) is shown on a chest "
         "X-ray: keep what covers real opacities, remove the rest, add what is missing."
     )
-    keywords: tuple[str, ...] = ("Image Segmentation", "chest xray", "medical imaging")
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    max_attempts: int = 3
-
-    _INT_FIELDS: ClassVar[tuple[str, ...]] = (
-        "workers_per_object",
-        "task_time_limit",
-        "task_availability",
-        "max_concurrent_tasks",
-        "max_attempts",
-    )
+    keywords: tuple[str, ...] = setting(("Image Segmentation", "chest xray", "medical imaging"))
+    connect_timeout: float = setting(10.0)
+    read_timeout: float = setting(60.0)
+    max_attempts: int = setting(3)
 
     @classmethod
     def resolve(
         cls, workspace: Workspace | None, options: Mapping[str, Any]
     ) -> GroundTruthSettings:
-        """flag (``options``) > ``CAMLABEL_GT_<NAME>`` env > workspace config > default."""
-        from camlabel.workspace import env_setting
+        """flag (``options``) > ``CAMLABEL_GT_<NAME>`` env > workspace config > default.
 
-        cfg: dict[str, Any] = {}
+        ``label`` defaults to the workspace's ``lesion_label``, and ``max_attempts`` to
+        ``$AWS_MAX_ATTEMPTS`` when neither a flag, ``CAMLABEL_GT_MAX_ATTEMPTS`` nor the
+        file sets it.
+        """
+        section: dict[str, Any] = {}
         if workspace is not None:
-            cfg = dict(workspace.config.get("groundtruth") or {})
-            cfg.setdefault("label", workspace.config.get("lesion_label"))
-        known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
-        unknown = sorted(k for k in options if k not in known and k not in _FOREIGN_OPTIONS)
-        if unknown:
-            raise ConfigError(
-                f"unknown Ground Truth option(s) {unknown}; supported options: {sorted(known)}"
-            )
-        kw: dict[str, Any] = {}
-        for name in known:
-            value = env_setting(f"gt_{name}", options.get(name), cfg.get(name))
-            if value is None:
-                continue
-            if name in cls._INT_FIELDS:
-                try:
-                    value = int(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(
-                        f"{name} must be an integer. Received: {name}={value!r}"
-                    ) from None
-            elif name in ("connect_timeout", "read_timeout"):
-                value = float(value)
-            elif name == "keywords":
-                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-            kw[name] = value
-        if "max_attempts" not in kw and os.environ.get("AWS_MAX_ATTEMPTS"):
-            kw["max_attempts"] = int(os.environ["AWS_MAX_ATTEMPTS"])
-        settings = cls(**kw)
+            section = dict(workspace.config.get("groundtruth") or {})
+            section.setdefault("label", workspace.config.get("lesion_label"))
+        if os.environ.get("AWS_MAX_ATTEMPTS"):
+            section.setdefault("max_attempts", os.environ["AWS_MAX_ATTEMPTS"])
+        settings = resolve(cls, options, section, "CAMLABEL_GT_", section="groundtruth")
         if settings.job_type not in JOB_TYPES:
             raise ConfigError(
                 f"Wrong Ground Truth job type {settings.job_type!r}, supported job types: {list(JOB_TYPES)}",
                 hint="pass --job-type adjustment (CAM mask, built-in Lambdas) or --job-type polygon",
             )
-        settings = cls(**{**kw, "prefix": settings.prefix.strip("/")})
-        return settings
+        return dataclasses.replace(settings, prefix=settings.prefix.strip("/"))
 
     def public(self) -> dict[str, Any]:
         """Secret-free summary (no ARNs beyond what identifies the job setup)."""

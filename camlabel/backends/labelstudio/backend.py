@@ -57,8 +57,6 @@ from camlabel.backends.base import (
 from camlabel.backends.labelstudio.client import same_server
 from camlabel.backends.labelstudio.convert import convert_annotation, prediction_for
 from camlabel.backends.labelstudio.tasks import (
-    CURSOR_MARGIN_S,
-    PAGE_SIZE,
     POLYGON_FROM,
     PULL_INCLUDE,
     TO_NAME,
@@ -67,6 +65,7 @@ from camlabel.backends.labelstudio.tasks import (
     LazyUsers,
     expert_instruction,
 )
+from camlabel.config import LabelStudioSettings
 from camlabel.errors import (
     AnnotationError,
     BackendError,
@@ -97,6 +96,9 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
 
     Args:
         workspace: the workspace whose images are published.
+        settings: resolved :class:`~camlabel.config.LabelStudioSettings`; None resolves them
+            from the keyword options below (flag > ``CAMLABEL_LS_<NAME>`` env > workspace
+            ``labelstudio`` section > default).
         url: server URL. Default: ``$CAMLABEL_LS_URL``, then the workspace config's
             ``labelstudio.url``, then the workspace's running embedded server.
         token: API token (legacy token or personal access token). Default:
@@ -118,43 +120,31 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
     """
 
     name: ClassVar[str] = "labelstudio"
+    settings_class: ClassVar[type] = LabelStudioSettings
+    config_section: ClassVar[str | None] = "labelstudio"
+    env_prefix: ClassVar[str | None] = "CAMLABEL_LS_"
     lists_all_annotations: ClassVar[bool] = True
 
     def __init__(
-        self,
-        workspace: Workspace,
-        url: str | None = None,
-        token: str | None = None,
-        project: str | int | None = None,
-        upload: bool | None = None,
-        *,
-        document_root: str | Path | None = None,
-        timeout: float = 60.0,
-        retries: int = 4,
-        backoff: float = 0.25,
-        chunk_size: int = DEFAULT_CHUNK,
-        page_size: int = PAGE_SIZE,
-        cursor_margin_s: float = CURSOR_MARGIN_S,
-        **options: Any,
+        self, workspace: Workspace, settings: LabelStudioSettings | None = None, **options: Any
     ) -> None:
-        super().__init__(workspace, **options)
-        if retries < 0 or timeout <= 0 or chunk_size < 1 or page_size < 1:
+        super().__init__(workspace, settings, **options)
+        s: LabelStudioSettings = self.settings
+        if s.retries < 0 or s.timeout <= 0 or s.chunk_size < 1 or s.page_size < 1:
             raise ConfigError(
                 "Label Studio backend: retries must be >= 0, timeout > 0, chunk_size and "
-                f"page_size >= 1. Received: retries={retries}, timeout={timeout}, "
-                f"chunk_size={chunk_size}, page_size={page_size}"
+                f"page_size >= 1. Received: retries={s.retries}, timeout={s.timeout}, "
+                f"chunk_size={s.chunk_size}, page_size={s.page_size}"
             )
-        self._url_opt = url
-        self._token_opt = token
-        self.project_opt = None if project in (None, "") else project
-        self.upload_opt = upload
-        self.document_root = Path(document_root).resolve() if document_root else None
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.chunk_size = int(chunk_size)
-        self.page_size = int(page_size)
-        self.cursor_margin_s = float(cursor_margin_s)
+        self.project_opt = None if s.project in (None, "") else s.project
+        self.upload_opt = s.upload
+        self.document_root = Path(s.document_root).resolve() if s.document_root else None
+        self.timeout = s.timeout
+        self.retries = s.retries
+        self.backoff = s.backoff
+        self.chunk_size = s.chunk_size
+        self.page_size = s.page_size
+        self.cursor_margin_s = s.cursor_margin_s
         self.url: str | None = None
         self._token: str | None = None
         self._embedded = False

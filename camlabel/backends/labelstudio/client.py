@@ -2,9 +2,10 @@
 
 :class:`LabelStudioClient` is the base class of
 :class:`~camlabel.backends.labelstudio.backend.LabelStudioBackend` and holds no state of its
-own: the backend's ``__init__`` sets the connection settings it reads (``_url_opt``,
-``_token_opt``, ``timeout``, ``retries``, ``backoff``). It resolves the server (flag > env >
-workspace config > the workspace's embedded server), connects lazily through
+own: the backend's ``__init__`` sets the connection settings it reads (``settings``, a resolved
+:class:`~camlabel.config.LabelStudioSettings`, and ``timeout``, ``retries``, ``backoff``). It
+resolves the server (flag > env > workspace config, by the one resolver, > the workspace's
+embedded server), connects lazily through
 ``label_studio_sdk`` 2.x over one ``httpx`` client, and runs every request with a timeout and
 bounded retries with exponential backoff on connection errors and 5xx answers, then raises
 :class:`~camlabel.errors.BackendUnavailable`. The token is never put into a message.
@@ -12,7 +13,6 @@ bounded retries with exponential backoff on connection errors and 5xx answers, t
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import httpx
     from label_studio_sdk import LabelStudio
 
+    from camlabel.config import LabelStudioSettings
     from camlabel.workspace import Workspace
 
 T = TypeVar("T")
@@ -42,8 +43,7 @@ class LabelStudioClient:
     timeout: float
     retries: int
     backoff: float
-    _url_opt: str | None
-    _token_opt: str | None
+    settings: LabelStudioSettings
     _token: str | None
     _embedded: bool
     _ls: LabelStudio | None
@@ -55,8 +55,7 @@ class LabelStudioClient:
             return
         from camlabel.backends.labelstudio import server as srv
 
-        cfg = self.workspace.config.get("labelstudio", {})
-        url = self._url_opt or os.environ.get("CAMLABEL_LS_URL") or cfg.get("url")
+        url = self.settings.url
         embedded_url = srv.running_url(self.workspace)
         if not url:
             if embedded_url is None:
@@ -73,7 +72,7 @@ class LabelStudioClient:
                 hint="e.g. --url http://127.0.0.1:8089",
             )
         self._embedded = embedded_url is not None and same_server(url, embedded_url)
-        token = self._token_opt or os.environ.get("CAMLABEL_LS_TOKEN")
+        token = self.settings.token
         if not token:
             creds = srv.load_credentials(self.workspace)
             if creds is not None and (self._embedded or _is_loopback(url)):
