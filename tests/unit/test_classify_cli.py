@@ -152,8 +152,8 @@ def test_gradcam_writes_heatmaps_records_and_resumes(
 
 
 def test_stored_heatmap_maps_back_to_the_polygons(workspace: Workspace) -> None:
-    from camlabel.classify import cam_settings, load_heatmap
     from camlabel.geometry import PolygonPx, iou, polygons_to_mask, threshold_heatmap
+    from camlabel.preannotate import cam_settings, load_heatmap
 
     recs = [r for r in workspace.ledger.all() if r.preannotation and r.preannotation.polygons]
     if not recs:
@@ -316,7 +316,7 @@ def test_train_evaluate_audit(
 
 
 def test_audit_shares_on_a_known_map() -> None:
-    from camlabel.classify import border_band
+    from camlabel.audit import border_band
 
     band = border_band(100, 50, 0.1)
     assert band[:10].all() and band[90:].all() and band[:, :5].all() and band[:, 45:].all()
@@ -371,7 +371,7 @@ def test_audit_takes_the_lung_field_from_a_segmenter_where_no_mask_exists(
 
 
 def test_lung_field_keeps_the_two_lungs_and_drops_islands() -> None:
-    from camlabel.classify import lung_field
+    from camlabel.audit import lung_field
 
     m = np.zeros((60, 80), bool)
     m[10:50, 5:30] = True  # right lung, 1000 px

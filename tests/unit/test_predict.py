@@ -19,7 +19,8 @@ keras = pytest.importorskip("keras")
 from click.testing import CliRunner  # noqa: E402
 
 from camlabel.cli.main import cli  # noqa: E402
-from camlabel.segment import load_segmenter, predict, segment_probability  # noqa: E402
+from camlabel.models.segmenter import load_segmenter, segment_probability  # noqa: E402
+from camlabel.predict import predict  # noqa: E402
 from tests.seg_factory import make_constant_segmenter  # noqa: E402
 
 CLASSES = ("covid", "pneumonia", "normal")

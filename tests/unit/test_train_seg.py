@@ -1,5 +1,5 @@
 """training/train_seg.py end to end (CLI arguments and SageMaker environment), its data
-conventions, and camlabel.segment.train_segmenter on a workspace."""
+conventions, and camlabel.train.segmenter.train_segmenter on a workspace."""
 
 from __future__ import annotations
 
@@ -307,7 +307,7 @@ def _add_normals(ws: Any, root: Path, n: int) -> list[Any]:
 
 def test_negatives_are_unannotated_images_of_a_non_lesion_class(tmp_path: Path) -> None:
     from camlabel.records import Annotation
-    from camlabel.segment import export_pairs, masked_records, negative_records
+    from camlabel.train.segmenter import export_pairs, masked_records, negative_records
 
     ws = make_masked_workspace(tmp_path / "ws", n=4)
     root = tmp_path / "normals"
@@ -353,7 +353,8 @@ def test_negatives_are_unannotated_images_of_a_non_lesion_class(tmp_path: Path) 
 
 def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Path) -> None:
     from camlabel.errors import CamlabelError
-    from camlabel.segment import load_segmenter, segment_probability, train_segmenter
+    from camlabel.models.segmenter import load_segmenter, segment_probability
+    from camlabel.train.segmenter import train_segmenter
 
     ws = make_masked_workspace(tmp_path / "ws")
     (tmp_path / "normals").mkdir()
