@@ -46,6 +46,8 @@ class Classifier:
         cam_layers: Grad-CAM target layers (one per backbone).
         path: the ``.keras`` file.
         info: the training sidecar (``MODEL.keras.json``), when present.
+        preprocess: the model-input preprocessor (from ``image_size``); classifier training
+            calls the same :class:`~camlabel.models.preprocess.ClassifierInput`.
     """
 
     model: keras.Model
@@ -55,7 +57,6 @@ class Classifier:
     cam_layers: tuple[str, ...]
     path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    #: the model-input preprocessor (from ``image_size``), shared with training
     preprocess: ClassifierInput = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,7 @@ class Classifier:
 
 
 def sidecar_path(model_path: str | Path) -> Path:
+    """The training sidecar of a model: ``MODEL.keras`` -> ``MODEL.keras.json``."""
     p = Path(model_path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
 

@@ -1,4 +1,5 @@
-"""train-cls, evaluate, gradcam, audit (issue 3). Thin: parse, call camlabel.classify, print."""
+"""train-cls, evaluate, gradcam, audit (issue 3). Thin: parse, call one library function
+(camlabel.train.classifier, camlabel.evaluate, camlabel.preannotate, camlabel.audit), print."""
 
 from __future__ import annotations
 

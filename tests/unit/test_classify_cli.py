@@ -61,8 +61,11 @@ def test_gradcam_writes_heatmaps_records_and_resumes(
     phantoms: Path, broken: Path, model_path: Path, workspace: Workspace
 ) -> None:
     from camlabel.classify import load_classifier
+    from camlabel.models.preprocess import ClassifierInput
 
-    version = load_classifier(model_path).model_version
+    clf = load_classifier(model_path)
+    assert clf.preprocess == ClassifierInput(64)
+    version = clf.model_version
     ws_arg = ["-w", str(workspace.root)]
     args = [
         "gradcam",
@@ -151,16 +154,29 @@ def test_gradcam_writes_heatmaps_records_and_resumes(
     assert sum(1 for run in workspace.ledger.runs("gradcam")) == 3
 
 
-def test_stored_heatmap_maps_back_to_the_polygons(workspace: Workspace) -> None:
+@pytest.fixture(scope="module")
+def gradcam_workspace(
+    tmp_path_factory: pytest.TempPathFactory, phantoms: Path, model_path: Path
+) -> Workspace:
+    """A workspace of its own where every phantom has a heatmap and a Grad-CAM pre-annotation."""
+    ws = Workspace.init(tmp_path_factory.mktemp("ws-cam") / "ws")
+    r = CliRunner().invoke(
+        cli, ["gradcam", str(model_path), str(phantoms / "images"), "-w", str(ws.root), "--all"]
+    )
+    assert r.exit_code == 0, r.output
+    return ws
+
+
+def test_stored_heatmap_maps_back_to_the_polygons(gradcam_workspace: Workspace) -> None:
     from camlabel.geometry import PolygonPx, iou, polygons_to_mask, threshold_heatmap
     from camlabel.preannotate import cam_settings, load_heatmap
 
-    recs = [r for r in workspace.ledger.all() if r.preannotation and r.preannotation.polygons]
-    if not recs:
-        pytest.skip("needs test_gradcam_writes_heatmaps_records_and_resumes to have run first")
-    settings = cam_settings(workspace)
+    ws = gradcam_workspace
+    recs = [r for r in ws.ledger.all() if r.preannotation and r.preannotation.polygons]
+    assert recs, "gradcam --all left no pre-annotation polygon"
+    settings = cam_settings(ws)
     for rec in recs:
-        heat = load_heatmap(workspace, rec)
+        heat = load_heatmap(ws, rec)
         assert heat.shape == (rec.height, rec.width)
         polys = [PolygonPx.from_json(p) for p in rec.preannotation.polygons]  # type: ignore[union-attr]
         drawn = polygons_to_mask(polys, rec.height, rec.width)
