@@ -10,9 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import camlabel
-
-PKG = Path(camlabel.__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+PKG = REPO / "camlabel"
 
 
 def _module_name(path: Path) -> str:
@@ -124,3 +123,62 @@ def test_no_module_imports_a_private_name_from_another() -> None:
                     and f"{node.module}.{a.name}" not in modules
                 ]
     assert not bad, bad
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, ast.Name):
+                        names.add(sub.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.If | ast.Try):
+            # ``if TYPE_CHECKING:`` / ``try: import x`` blocks define names too
+            names.update(
+                _top_level_names(ast.Module(body=list(ast.iter_child_nodes(node)), type_ignores=[]))
+            )
+    return names
+
+
+def test_every_camlabel_import_names_something_that_exists() -> None:
+    """Deferred imports run only when their function does: after a move, a stale
+    ``from camlabel.old import name`` in a function body would pass every import check."""
+    modules = _modules()
+    trees = {m: ast.parse(p.read_text(encoding="utf-8"), str(p)) for m, p in modules.items()}
+    defined = {m: _top_level_names(t) for m, t in trees.items()}
+    files = [
+        p for d in ("tests", "benchmarks", "training") for p in sorted((REPO / d).rglob("*.py"))
+    ]
+    sources = [(modules[m], trees[m]) for m in modules]
+    sources += [(p, ast.parse(p.read_text(encoding="utf-8"), str(p))) for p in files]
+    bad = []
+    for path, tree in sources:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bad += [
+                    f"{path}:{node.lineno}: import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("camlabel.") and a.name not in modules
+                ]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                mod = node.module or ""
+                if mod != "camlabel" and not mod.startswith("camlabel."):
+                    continue
+                if mod not in modules:
+                    bad.append(f"{path}:{node.lineno}: from {mod} (no such module)")
+                    continue
+                bad += [
+                    f"{path}:{node.lineno}: from {mod} import {a.name}"
+                    for a in node.names
+                    if a.name != "*"
+                    and a.name not in defined[mod]
+                    and f"{mod}.{a.name}" not in modules
+                ]
+    assert not bad, "\n".join(bad)
