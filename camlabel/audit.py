@@ -125,6 +125,37 @@ def lung_field(mask: np.ndarray, keep: int = 2, min_share: float = 0.1) -> np.nd
     return np.isin(labels, kept)
 
 
+def worst_tile(
+    display: np.ndarray, heat: np.ndarray, lung: np.ndarray | None, row: Mapping[str, Any]
+) -> tuple[np.ndarray, str]:
+    """A tile of ``audit_worst.png`` and its caption: the CAM over the image, the lung field
+    outlined in white, scaled to 256 px on the long side, labelled with label -> prediction
+    and lung share; the caption names the file and its border share."""
+    import cv2
+
+    from camlabel.imaging import overlay_heatmap, put_label
+
+    tile = overlay_heatmap(display, heat)
+    if lung is not None:
+        contours, _ = cv2.findContours(
+            lung.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(
+            tile, contours, -1, (255, 255, 255), max(1, round(max(tile.shape[:2]) / 300))
+        )
+    s = 256 / max(tile.shape[:2])
+    tile = cv2.resize(
+        tile,
+        (max(1, round(tile.shape[1] * s)), max(1, round(tile.shape[0] * s))),
+        interpolation=cv2.INTER_AREA,
+    )
+    share = row["lung_energy_share"]
+    lung_txt = "-" if share is None else f"{share:.2f}"
+    tile = put_label(tile, f"{row['label'] or '?'}->{row['predicted_class']} lung {lung_txt}")
+    caption = f"{Path(row['file']).name} border {row['border_energy_share'] or 0:.2f}"
+    return tile, caption
+
+
 def run_audit(
     model_path: str | Path,
     data: str | Path | Sequence[str | Path],
@@ -159,10 +190,8 @@ def run_audit(
     share — or, without masks, the highest border share — with CAM overlay and lung
     outline) into ``out_dir`` (default ``<model folder>/<model stem>-audit``).
     """
-    import cv2
-
     from camlabel.cam import get_cam_method
-    from camlabel.imaging import overlay_heatmap, put_label, read_image
+    from camlabel.imaging import read_image
     from camlabel.plots import image_grid, save_png
     from camlabel.progress import progress_bar
 
@@ -252,33 +281,7 @@ def run_audit(
                             row["border_energy_share"] or 0.0
                         ) - 1.0  # ranks after masked ones
                     if len(heap) < worst or badness > heap[0][0]:
-                        tile = overlay_heatmap(img.display, heat)
-                        if lung is not None:
-                            contours, _ = cv2.findContours(
-                                lung.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-                            )
-                            cv2.drawContours(
-                                tile,
-                                contours,
-                                -1,
-                                (255, 255, 255),
-                                max(1, round(max(tile.shape[:2]) / 300)),
-                            )
-                        s = 256 / max(tile.shape[:2])
-                        tile = cv2.resize(
-                            tile,
-                            (max(1, round(tile.shape[1] * s)), max(1, round(tile.shape[0] * s))),
-                            interpolation=cv2.INTER_AREA,
-                        )
-                        lung_txt = (
-                            "-"
-                            if row["lung_energy_share"] is None
-                            else f"{row['lung_energy_share']:.2f}"
-                        )
-                        tile = put_label(
-                            tile, f"{row['label'] or '?'}->{pred.predicted_class} lung {lung_txt}"
-                        )
-                        caption = f"{Path(rel).name} border {row['border_energy_share'] or 0:.2f}"
+                        tile, caption = worst_tile(img.display, heat, lung, row)
                         entry = (badness, len(rows), tile, caption)
                         if len(heap) < worst:
                             heapq.heappush(heap, entry)
