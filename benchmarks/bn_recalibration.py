@@ -1,7 +1,7 @@
 """Validation Dice of a trained segmenter before and after BatchNorm recalibration, side by side.
 
 Loads a segmenter folder written by training/train_seg.py (model.keras, model_info.json,
-split.csv), scores its validation images through ``camlabel.segment.segment_probability`` (the
+split.csv), scores its validation images through ``camlabel.models.segmenter.segment_probability`` (the
 inference path ``camlabel predict`` uses, threshold 0.5, "ignore" mask pixels excluded), sets
 the BatchNorm statistics from its un-augmented training images with dropout off
 (``recalibrate_batchnorm``, as train_seg.py now does before saving), and scores again. The
@@ -40,8 +40,8 @@ def main() -> int:
 
     from camlabel.geometry import dice
     from camlabel.models.seg_data import IGNORE, mask_codes, read_index
+    from camlabel.models.segmenter import load_segmenter, segment_probability
     from camlabel.models.tiramisu import recalibrate_batchnorm
-    from camlabel.segment import load_segmenter, segment_probability
     from camlabel.train import segmenter_job as train_seg
 
     with (args.model_dir / "split.csv").open(newline="") as fh:

@@ -114,19 +114,16 @@ def run_demo(
     poll_s: float = 10.0,
 ) -> dict[str, Any]:
     """Run the loop end to end; returns the summary also written to ``reports/summary.json``."""
+    from camlabel.audit import run_audit
     from camlabel.backends.labelstudio import server as lss
-    from camlabel.classify import (
-        evaluate_classifier,
-        load_heatmap,
-        run_audit,
-        run_gradcam,
-        train_classifier,
-    )
+    from camlabel.evaluate import evaluate_classifier
     from camlabel.imaging import read_mask_png
     from camlabel.loop import pull_masks, push_jobs, workspace_status
     from camlabel.phantoms import generate_phantoms
+    from camlabel.preannotate import load_heatmap, run_gradcam
     from camlabel.report import build_report
-    from camlabel.segment import train_segmenter
+    from camlabel.train.classifier import train_classifier
+    from camlabel.train.segmenter import train_segmenter
 
     s = settings or DemoSettings()
     t_start = time.perf_counter()
@@ -381,7 +378,8 @@ def _heldout(
     """camlabel predict on the held-out phantoms; lesion Dice against the true masks."""
     from camlabel.geometry import dice
     from camlabel.imaging import read_image, read_mask_png
-    from camlabel.segment import load_segmenter, predict, segment_probability
+    from camlabel.models.segmenter import load_segmenter, segment_probability
+    from camlabel.predict import predict
 
     out = ws.dir("reports") / "heldout"
     result = predict(classifier, segmenter, [held_dir / "images"], out, progress=progress)
@@ -427,7 +425,7 @@ def _heldout(
 def _annotated_vs_predicted(ws: Workspace, segmenter: Path) -> None:
     """Segment the annotated images so the report can show mask beside prediction."""
     from camlabel.imaging import read_image, write_png_atomic
-    from camlabel.segment import load_segmenter, segment_probability
+    from camlabel.models.segmenter import load_segmenter, segment_probability
 
     seg = load_segmenter(segmenter)
     out = ws.dir("reports") / "predict"

@@ -1,4 +1,5 @@
-"""train-cls, evaluate, gradcam, audit (issue 3). Thin: parse, call camlabel.classify, print."""
+"""train-cls, evaluate, gradcam, audit (issue 3). Thin: parse, call one library function
+(camlabel.train.classifier, camlabel.evaluate, camlabel.preannotate, camlabel.audit), print."""
 
 from __future__ import annotations
 
@@ -159,7 +160,7 @@ def train_cls(
     split is 80/20, stratified by class and grouped by patient; the best epoch (validation
     loss) is kept.
     """
-    from camlabel.classify import train_classifier
+    from camlabel.train.classifier import train_classifier
 
     ws = open_workspace(workspace) if workspace is not None else None
     size = image_size or (ws.config["image_size"] if ws else 224)
@@ -251,7 +252,7 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Accuracy, per-class precision/recall/F1, macro-F1, one-vs-rest ROC AUC, confusion matrix."""
-    from camlabel.classify import evaluate_classifier
+    from camlabel.evaluate import evaluate_classifier
 
     ws = open_workspace(workspace) if workspace is not None else None
     if out_dir is None and ws is not None:
@@ -326,7 +327,7 @@ def gradcam(
     and records prediction, heatmap and pre-annotation (polygons in original-image pixels).
     Resumable: images done with the same model version and method are skipped.
     """
-    from camlabel.classify import run_gradcam
+    from camlabel.preannotate import run_gradcam
 
     ws = open_workspace(workspace)
     s = run_gradcam(
@@ -426,7 +427,7 @@ def audit(
     DATA: image files, folders or a metadata.csv. Images whose CAM lies mostly outside the
     lungs are flagged; a PNG grid shows the worst cases.
     """
-    from camlabel.classify import run_audit
+    from camlabel.audit import run_audit
 
     ws = open_workspace(workspace) if workspace is not None else None
     if out_dir is None and ws is not None:

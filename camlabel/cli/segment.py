@@ -177,7 +177,7 @@ def train_seg(
     """
     from camlabel.errors import UsageError
     from camlabel.models.tiramisu import ARCHITECTURES
-    from camlabel.segment import train_segmenter
+    from camlabel.train.segmenter import train_segmenter
 
     if arch not in ARCHITECTURES:
         raise UsageError(
@@ -330,7 +330,7 @@ def predict(
     Example:
       camlabel predict -c ws/models/cls-1/model.keras -s ws/models/seg-1 scans/ -o out/
     """
-    from camlabel.segment import predict as run_predict
+    from camlabel.predict import predict as run_predict
 
     res = run_predict(
         classifier,

@@ -212,23 +212,6 @@ def grouped_stratified_split(
 
 
 # ------------------------------------------------------------------------ input pipeline
-def letterbox_input(image: Any, size: int) -> tuple[np.ndarray, Any]:
-    """Model input for a ``LoadedImage`` (or array): ``to_model_input`` rounded to whole grey
-    levels (float32 ``size x size x 3`` in [0, 255]) and its ``Letterbox``. Training caches
-    the same values as uint8, so training and inference see identical inputs."""
-    from camlabel.imaging import to_model_input
-
-    x, box = to_model_input(image, size)
-    return np.clip(np.rint(x), 0.0, 255.0).astype(np.float32), box
-
-
-def load_model_input(path: str | Path, size: int) -> np.ndarray:
-    """One image file as the model sees it: letterboxed ``size x size x 3`` uint8."""
-    from camlabel.imaging import read_image
-
-    return letterbox_input(read_image(path), size)[0].astype(np.uint8)
-
-
 def make_tf_dataset(
     paths: Sequence[Path],
     labels: np.ndarray,
@@ -255,14 +238,16 @@ def make_tf_dataset(
     import tensorflow as tf
 
     from camlabel.errors import CamlabelError
+    from camlabel.models.preprocess import ClassifierInput
 
+    preprocess = ClassifierInput(image_size)
     ds = tf.data.Dataset.from_tensor_slices(([str(p) for p in paths], np.asarray(labels, np.int64)))
     blank = np.zeros((image_size, image_size, 3), np.uint8)
 
     def _load(path: Any) -> tuple[np.ndarray, np.bool_]:
         name = path.decode() if isinstance(path, bytes) else str(path)
         try:
-            return load_model_input(name, image_size), np.bool_(True)
+            return preprocess.load(name), np.bool_(True)
         except CamlabelError as exc:
             if failures is not None:
                 failures.append((name, exc.message))

@@ -1,7 +1,7 @@
 """The segmenter's data conventions: the export layout, letterboxing, augmentation, batches.
 
 Shared by training/train_seg.py (also on SageMaker, so only keras, numpy and cv2 here) and
-camlabel.segment (inference), so training and prediction resize images the same way.
+camlabel.models.preprocess / camlabel.models.segmenter (inference), so training and prediction resize images the same way.
 
 Export layout (what ``camlabel train-seg`` writes and train_seg.py reads)::
 

@@ -27,8 +27,8 @@ import requests
 from click.testing import CliRunner
 
 from camlabel.cli.main import cli
-from camlabel.segment import train_segmenter
 from camlabel.train import sagemaker as sm
+from camlabel.train.segmenter import train_segmenter
 from tests.seg_factory import make_masked_workspace
 
 pytestmark = pytest.mark.moto

@@ -340,9 +340,9 @@ def test_briefly_trained_cnn_puts_the_cam_peak_inside_the_true_lesion() -> None:
 def test_polygons_map_back_to_original_pixels_exactly(shape: tuple[int, int]) -> None:
     """A map defined on the ORIGINAL image (a disc), sampled on the letterboxed model grid as the
     CAM would be, comes back as polygons at the disc's place and size in original pixels."""
-    from camlabel.classify import cam_settings, preannotation_from_map
     from camlabel.geometry import PolygonPx, polygons_to_mask
     from camlabel.imaging import Letterbox
+    from camlabel.preannotate import cam_settings, preannotation_from_map
 
     h, w = shape
     size = 224
@@ -421,7 +421,7 @@ def test_jax_backend_gives_the_same_heatmaps(images, tmp_path: Path) -> None:  #
 def test_absolute_threshold_for_probability_maps() -> None:
     """A segmenter-like probability map: relative thresholds (CAMs) find the faint bump,
     absolute ones (probabilities) do not; both find a confident region."""
-    from camlabel.classify import cam_settings, preannotation_from_map
+    from camlabel.preannotate import cam_settings, preannotation_from_map
 
     settings = cam_settings(None, threshold=0.5, min_area_fraction=0.0)
     prob = np.zeros((40, 60), np.float32)

@@ -61,8 +61,11 @@ def test_gradcam_writes_heatmaps_records_and_resumes(
     phantoms: Path, broken: Path, model_path: Path, workspace: Workspace
 ) -> None:
     from camlabel.classify import load_classifier
+    from camlabel.models.preprocess import ClassifierInput
 
-    version = load_classifier(model_path).model_version
+    clf = load_classifier(model_path)
+    assert clf.preprocess == ClassifierInput(64)
+    version = clf.model_version
     ws_arg = ["-w", str(workspace.root)]
     args = [
         "gradcam",
@@ -151,16 +154,29 @@ def test_gradcam_writes_heatmaps_records_and_resumes(
     assert sum(1 for run in workspace.ledger.runs("gradcam")) == 3
 
 
-def test_stored_heatmap_maps_back_to_the_polygons(workspace: Workspace) -> None:
-    from camlabel.classify import cam_settings, load_heatmap
-    from camlabel.geometry import PolygonPx, iou, polygons_to_mask, threshold_heatmap
+@pytest.fixture(scope="module")
+def gradcam_workspace(
+    tmp_path_factory: pytest.TempPathFactory, phantoms: Path, model_path: Path
+) -> Workspace:
+    """A workspace of its own where every phantom has a heatmap and a Grad-CAM pre-annotation."""
+    ws = Workspace.init(tmp_path_factory.mktemp("ws-cam") / "ws")
+    r = CliRunner().invoke(
+        cli, ["gradcam", str(model_path), str(phantoms / "images"), "-w", str(ws.root), "--all"]
+    )
+    assert r.exit_code == 0, r.output
+    return ws
 
-    recs = [r for r in workspace.ledger.all() if r.preannotation and r.preannotation.polygons]
-    if not recs:
-        pytest.skip("needs test_gradcam_writes_heatmaps_records_and_resumes to have run first")
-    settings = cam_settings(workspace)
+
+def test_stored_heatmap_maps_back_to_the_polygons(gradcam_workspace: Workspace) -> None:
+    from camlabel.geometry import PolygonPx, iou, polygons_to_mask, threshold_heatmap
+    from camlabel.preannotate import cam_settings, load_heatmap
+
+    ws = gradcam_workspace
+    recs = [r for r in ws.ledger.all() if r.preannotation and r.preannotation.polygons]
+    assert recs, "gradcam --all left no pre-annotation polygon"
+    settings = cam_settings(ws)
     for rec in recs:
-        heat = load_heatmap(workspace, rec)
+        heat = load_heatmap(ws, rec)
         assert heat.shape == (rec.height, rec.width)
         polys = [PolygonPx.from_json(p) for p in rec.preannotation.polygons]  # type: ignore[union-attr]
         drawn = polygons_to_mask(polys, rec.height, rec.width)
@@ -316,7 +332,7 @@ def test_train_evaluate_audit(
 
 
 def test_audit_shares_on_a_known_map() -> None:
-    from camlabel.classify import border_band
+    from camlabel.audit import border_band
 
     band = border_band(100, 50, 0.1)
     assert band[:10].all() and band[90:].all() and band[:, :5].all() and band[:, 45:].all()
@@ -371,7 +387,7 @@ def test_audit_takes_the_lung_field_from_a_segmenter_where_no_mask_exists(
 
 
 def test_lung_field_keeps_the_two_lungs_and_drops_islands() -> None:
-    from camlabel.classify import lung_field
+    from camlabel.audit import lung_field
 
     m = np.zeros((60, 80), bool)
     m[10:50, 5:30] = True  # right lung, 1000 px

@@ -19,7 +19,9 @@ keras = pytest.importorskip("keras")
 from click.testing import CliRunner  # noqa: E402
 
 from camlabel.cli.main import cli  # noqa: E402
-from camlabel.segment import load_segmenter, predict, segment_probability  # noqa: E402
+from camlabel.models.preprocess import SegmenterInput  # noqa: E402
+from camlabel.models.segmenter import load_segmenter, segment_probability  # noqa: E402
+from camlabel.predict import predict  # noqa: E402
 from tests.seg_factory import make_constant_segmenter  # noqa: E402
 
 CLASSES = ("covid", "pneumonia", "normal")
@@ -173,7 +175,8 @@ def test_load_segmenter_refuses_to_guess_the_training_size(
         load_segmenter(bare)
     assert "model_info.json" in (exc.value.hint or "")
     (bare / "model_info.json").write_text(json.dumps({"image_size": 48}))
-    assert load_segmenter(bare).image_size == 48
+    loaded = load_segmenter(bare)
+    assert loaded.image_size == 48 and loaded.preprocess == SegmenterInput(48)
 
 
 def test_cli_predict(models: dict[str, Path], images: dict[str, Path], tmp_path: Path) -> None:

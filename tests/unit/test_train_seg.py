@@ -1,6 +1,6 @@
 """The segmenter training job (camlabel.train.segmenter_job, and training/train_seg.py over it)
 end to end (CLI arguments, and the SageMaker environment run from the bundle), its data
-conventions, the SageMaker bundle, and camlabel.segment.train_segmenter on a workspace."""
+conventions, the SageMaker bundle, and camlabel.train.segmenter.train_segmenter on a workspace."""
 
 from __future__ import annotations
 
@@ -405,7 +405,7 @@ def _add_normals(ws: Any, root: Path, n: int) -> list[Any]:
 
 def test_negatives_are_unannotated_images_of_a_non_lesion_class(tmp_path: Path) -> None:
     from camlabel.records import Annotation
-    from camlabel.segment import export_pairs, masked_records, negative_records
+    from camlabel.train.segmenter import export_pairs, masked_records, negative_records
 
     ws = make_masked_workspace(tmp_path / "ws", n=4)
     root = tmp_path / "normals"
@@ -451,7 +451,8 @@ def test_negatives_are_unannotated_images_of_a_non_lesion_class(tmp_path: Path) 
 
 def test_train_segmenter_records_mask_versions_and_refuses_too_few(tmp_path: Path) -> None:
     from camlabel.errors import CamlabelError
-    from camlabel.segment import load_segmenter, segment_probability, train_segmenter
+    from camlabel.models.segmenter import load_segmenter, segment_probability
+    from camlabel.train.segmenter import train_segmenter
 
     ws = make_masked_workspace(tmp_path / "ws")
     (tmp_path / "normals").mkdir()
