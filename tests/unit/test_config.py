@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from camlabel import config
-from camlabel.classify import cam_settings
 from camlabel.config import (
     DEFAULT_SEED,
     CamSettings,
@@ -18,6 +17,7 @@ from camlabel.config import (
     resolve,
 )
 from camlabel.errors import ConfigError
+from camlabel.preannotate import cam_settings
 from camlabel.workspace import Workspace
 
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+import camlabel.backends.groundtruth.convert as conv
 from camlabel import aws
 from camlabel.backends.base import (
     AnnotationResult,
@@ -57,7 +58,6 @@ from camlabel.backends.base import (
     PushReport,
     TaskOutcome,
 )
-from camlabel.backends.groundtruth import convert as conv
 from camlabel.backends.groundtruth.plan import JobPlan, Upload, build_plan, validate_create
 from camlabel.backends.groundtruth.settings import GroundTruthSettings
 from camlabel.backends.groundtruth.validate import validate_request

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+import camlabel.backends.groundtruth.convert as conv
 from camlabel.backends.base import PushItem
-from camlabel.backends.groundtruth import convert as conv
 from camlabel.backends.groundtruth.settings import GroundTruthSettings
 from camlabel.backends.groundtruth.validate import validate_request
 from camlabel.errors import CamlabelError, ConfigError, ValidationError

@@ -53,10 +53,10 @@ class LabelStudioClient:
         """Find URL and token (flag > env > workspace config > embedded server); no request yet."""
         if self.url is not None:
             return
-        from camlabel.backends.labelstudio import server as srv
+        from camlabel.backends.labelstudio.server import load_credentials, running_url
 
         url = self.settings.url
-        embedded_url = srv.running_url(self.workspace)
+        embedded_url = running_url(self.workspace)
         if not url:
             if embedded_url is None:
                 raise BackendUnavailable(
@@ -74,7 +74,7 @@ class LabelStudioClient:
         self._embedded = embedded_url is not None and same_server(url, embedded_url)
         token = self.settings.token
         if not token:
-            creds = srv.load_credentials(self.workspace)
+            creds = load_credentials(self.workspace)
             if creds is not None and (self._embedded or _is_loopback(url)):
                 token = creds.token
         if not token:
