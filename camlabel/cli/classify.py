@@ -16,6 +16,7 @@ from camlabel.cli.common import (
     show_progress,
     workspace_option,
 )
+from camlabel.config import DEFAULT_SEED
 
 # CAM method and fusion names are listed here (not imported) so that --help stays light;
 # tests check they match camlabel.cam.CAM_METHODS / FUSIONS.
@@ -120,7 +121,7 @@ def _fmt(v: Any) -> str:
     "--seed",
     type=int,
     default=None,
-    help="Seed for split, init and augmentation [workspace seed, else 1234].",
+    help=f"Seed for split, init and augmentation [workspace seed, else {DEFAULT_SEED}].",
 )
 @click.option(
     "--no-augment",
@@ -164,7 +165,7 @@ def train_cls(
 
     ws = open_workspace(workspace) if workspace is not None else None
     size = image_size or (ws.config["image_size"] if ws else 224)
-    seed_v = seed if seed is not None else (ws.config["seed"] if ws else 1234)
+    seed_v = seed if seed is not None else (ws.settings.workspace.seed if ws else DEFAULT_SEED)
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         if not as_json:

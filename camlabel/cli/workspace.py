@@ -14,6 +14,7 @@ from camlabel.cli.common import (
     show_progress,
     workspace_option,
 )
+from camlabel.config import DEFAULT_SEED
 
 
 @click.command()
@@ -30,7 +31,10 @@ from camlabel.cli.common import (
     "--image-size", type=click.IntRange(min=32), default=None, help="Classifier input size [224]."
 )
 @click.option(
-    "--seed", type=int, default=None, help="Workspace seed for splits and training [1234]."
+    "--seed",
+    type=int,
+    default=None,
+    help=f"Workspace seed for splits and training [{DEFAULT_SEED}].",
 )
 def init(
     workspace: Path,

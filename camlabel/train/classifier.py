@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from camlabel.classify import sidecar_path
+from camlabel.config import DEFAULT_SEED
 from camlabel.errors import UsageError
 from camlabel.evaluate import headline_metrics
 from camlabel.ledger import atomic_write_text
@@ -54,7 +55,7 @@ def train_classifier(
     weights: str = "none",
     freeze_fraction: float = 0.0,
     class_weights: str | Mapping[str, float] | None = "auto",
-    seed: int = 1234,
+    seed: int = DEFAULT_SEED,
     val_fraction: float = 0.2,
     patience: int = 10,
     backbones: Sequence[str] | None = None,

@@ -206,7 +206,7 @@ def train_segmenter(
             hint="annotate more images and run 'camlabel pull-masks', or lower --min-masks "
             "(a segmenter trained on a handful of masks will not generalise)",
         )
-    seed = int(ws.config.get("seed", 1234) if seed is None else seed)
+    seed = ws.settings.workspace.seed if seed is None else int(seed)
     size = int(image_size or ws.config.get("seg_image_size", 256))
     run_id = new_run_id()
     negs = negative_records(ws, negatives, seed)

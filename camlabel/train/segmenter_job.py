@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from camlabel.config import DEFAULT_SEED
 from camlabel.progress import PROGRESS_PREFIX
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, str]] = {
     ),
     "image-size": (int, 256, "letterbox side in pixels"),
     "val-fraction": (float, 0.2, "validation share of patients when index.csv has no split"),
-    "seed": (int, 1234, "seed of the split, augmentation and weights"),
+    "seed": (int, DEFAULT_SEED, "seed of the split, augmentation and weights"),
     "patience": (int, 10, "early stopping: epochs without a better val Dice"),
     "augment": (int, 1, "1: rotation/scale/shift/intensity augmentation; 0: none"),
     "threshold": (float, 0.5, "probability threshold of the Dice/IoU metrics"),
