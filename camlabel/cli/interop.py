@@ -6,8 +6,14 @@ from pathlib import Path
 
 import click
 
-from camlabel.cli.common import echo_json, info, json_option, open_workspace, show_progress
-from camlabel.cli.common import workspace_option
+from camlabel.cli.common import (
+    echo_json,
+    info,
+    json_option,
+    open_workspace,
+    show_progress,
+    workspace_option,
+)
 
 
 @click.command()
