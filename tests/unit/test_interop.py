@@ -457,3 +457,155 @@ def test_nnunet_dataset_passes_the_integrity_check_and_splits_keep_patients_apar
     for fold in splits:
         assert sorted(fold["train"] + fold["val"]) == sorted(found["cases"])
         assert not {patient[c] for c in fold["train"]} & {patient[c] for c in fold["val"]}
+
+
+def test_import_groundtruth_polygon_workers_and_semantic_png(tmp_path: Path, ws: Workspace) -> None:
+    from camlabel.backends.groundtruth.convert import class_mask_to_png
+
+    h, w = 20, 30
+    img = _image(tmp_path / "imgs" / "g.png", h, w, 8)
+    _run("add", img, "-w", ws.root)
+    image_id = ws.ledger.all()[0].image_id
+    tri = [{"x": 2, "y": 2}, {"x": 12, "y": 2}, {"x": 12, "y": 12}]
+    poly_line = {
+        "source-ref": "s3://b/p/other-name.png",
+        "camlabel-image-id": image_id,
+        "camlabel-lesion-polygons": {
+            "workers": [
+                {
+                    "workerId": "w1",
+                    "annotatedResult": {
+                        "inputImageProperties": {"width": w, "height": h},
+                        "polygons": [{"label": "Opacity", "vertices": tri}],
+                    },
+                },
+                {
+                    "workerId": "w2",
+                    "annotatedResult": {
+                        "inputImageProperties": {"width": w, "height": h},
+                        "polygons": [
+                            {"label": "Opacity", "vertices": tri},
+                            {
+                                "label": "Rib",
+                                "vertices": [
+                                    {"x": 20, "y": 2},
+                                    {"x": 28, "y": 2},
+                                    {"x": 28, "y": 9},
+                                ],
+                            },
+                        ],
+                    },
+                },
+            ]
+        },
+        "camlabel-lesion-polygons-metadata": {
+            "type": "groundtruth/custom",
+            "creation-date": "2026-01-01T00:00:00",
+        },
+        "boxes": {"annotations": [], "image_size": []},
+        "boxes-metadata": {"type": "groundtruth/object-detection"},
+    }
+    classes = np.zeros((h, w), np.uint8)
+    classes[5:15, 15:25] = 1
+    classes[0:3, 0:3] = 2
+    cmap = {
+        "0": {"class-name": "BACKGROUND", "hex-color": "#ffffff"},
+        "1": {"class-name": "Opacity", "hex-color": "#2ca02c"},
+        "2": {"class-name": "Device", "hex-color": "#1f77b4"},
+    }
+    (tmp_path / "ann" / "consolidated").mkdir(parents=True)
+    (tmp_path / "ann" / "consolidated" / "0_x.png").write_bytes(class_mask_to_png(classes, cmap))
+    sem_line = {
+        "source-ref": "s3://b/p/g.png",
+        "seg-ref": "s3://b/ann/consolidated/0_x.png",
+        "seg-ref-metadata": {
+            "type": "groundtruth/semantic-segmentation",
+            "internal-color-map": cmap,
+            "job-name": "labeling-job/j",
+        },
+    }
+    manifest = tmp_path / "output.manifest"
+    manifest.write_text(json.dumps(poly_line) + "\n" + json.dumps(sem_line) + "\n")
+    r = import_annotations(ws, [manifest], "groundtruth", label_map=["Device=ignore"])
+    assert r.skipped == {
+        "Ground Truth task type 'groundtruth/object-detection'": 1,
+        "polygon label 'Rib' not mapped": 1,
+    }
+    rec = ws.ledger.all()[0]
+    assert sorted(a.annotator for a in rec.annotations) == ["labeling-job/j", "w1", "w2"]
+    sem = next(a for a in rec.annotations if a.annotator == "labeling-job/j")
+    assert np.array_equal(read_mask_png(ws.abs(sem.raster_path)), classes == 1)
+    assert np.array_equal(read_mask_png(ws.abs(sem.ignore_path)), classes == 2)
+    w1 = next(a for a in rec.annotations if a.annotator == "w1")
+    tri_mask = polygons_to_mask([PolygonPx(np.array([[2, 2], [12, 2], [12, 12]], float))], h, w)
+    assert np.array_equal(read_mask_png(ws.abs(w1.raster_path)), tri_mask)
+    # majority of three: the triangle (2 of 3); the square only 1 of 3
+    assert np.array_equal(read_mask_png(ws.abs(rec.mask.path)), tri_mask)
+    # a label PNG that was not downloaded: the error says where to put it
+    sem_line["seg-ref"] = "s3://b/ann/missing.png"
+    manifest.write_text(json.dumps(sem_line) + "\n")
+    with pytest.raises(Exception, match="aws s3 cp s3://b/ann/missing.png"):
+        import_annotations(ws, [manifest], "groundtruth")
+
+
+def test_import_darwin_polygons_complex_holes_and_ignore(tmp_path: Path, ws: Workspace) -> None:
+    h, w = 40, 40
+    _image(tmp_path / "imgs" / "orig.png", h, w, 9)
+    _run("add", tmp_path / "imgs", "-w", ws.root)
+
+    def path(pts: list[tuple[int, int]]) -> list[dict[str, int]]:
+        return [{"x": x, "y": y} for x, y in pts]
+
+    doc = {
+        "image": {
+            "width": 80,
+            "height": 80,
+            "filename": "0001.jpg",
+            "original_filename": "orig.png",
+        },
+        "annotations": [
+            {"name": "Lung", "polygon": {"path": path([(4, 4), (36, 4), (36, 36), (4, 36)])}},
+            {
+                "name": "Lung",
+                "complex_polygon": {
+                    "path": [
+                        path([(40, 40), (76, 40), (76, 76), (40, 76)]),
+                        path([(50, 50), (66, 50), (66, 66), (50, 66)]),
+                    ]
+                },
+            },
+            {"name": "Ignore", "polygon": {"path": path([(40, 4), (60, 4), (60, 20), (40, 20)])}},
+            {"name": "COVID-19", "tag": {}},
+            {"name": "Lung", "bounding_box": {"x": 1, "y": 1, "w": 2, "h": 2}},
+        ],
+    }
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "1.json").write_text(json.dumps(doc))
+    dry = import_annotations(ws, [tmp_path / "d"], "darwin", dry_run=True)
+    assert dry.annotations == 0 and dry.skipped == {
+        "class 'Lung' not mapped": 2,
+        "tag": 1,
+        "bounding_box": 1,
+        "file without lesion regions": 1,
+    }
+    r = import_annotations(ws, [tmp_path / "d"], "darwin", label_map=["Lung=lesion"])
+    assert r.skipped == {"tag": 1, "bounding_box": 1}
+    rec = ws.ledger.all()[0]
+    # drawn on 80x80, the image is 40x40: coordinates halve
+    sq = lambda x0, y0, x1, y1: np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)  # noqa: E731
+    expected = polygons_to_mask(
+        [PolygonPx(sq(2, 2, 18, 18)), PolygonPx(sq(20, 20, 38, 38), (sq(25, 25, 33, 33),))], h, w
+    )
+    assert np.array_equal(read_mask_png(ws.abs(rec.mask.path)), expected)
+    ignore = polygons_to_mask([PolygonPx(sq(20, 2, 30, 10))], h, w)
+    assert np.array_equal(read_mask_png(ws.abs(rec.annotations[0].ignore_path)), ignore)
+    # the ignore label travels to nnU-Net as label 2 (the highest, as nnU-Net requires)
+    out = tmp_path / "nn"
+    _run("export", out, "-w", ws.root, "--format", "nnunet")
+    assert json.loads((out / "dataset.json").read_text())["labels"] == {
+        "background": 0,
+        "lesion": 1,
+        "ignore": 2,
+    }
+    lab = cv2.imread(str(next((out / "labelsTr").iterdir())), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(lab == 1, expected) and np.array_equal(lab == 2, ignore & ~expected)
