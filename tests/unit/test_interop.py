@@ -20,7 +20,7 @@ from camlabel import loop
 from camlabel.backends.fake import FakeServer
 from camlabel.backends.labelstudio.convert import mask_to_brush_rle
 from camlabel.cli.main import cli
-from camlabel.errors import BatchError, UsageError
+from camlabel.errors import AnnotationError, BatchError, UsageError
 from camlabel.geometry import PolygonPx, polygons_to_mask
 from camlabel.imaging import read_image, read_mask_png
 from camlabel.interop import cocorle
@@ -544,8 +544,10 @@ def test_import_groundtruth_polygon_workers_and_semantic_png(tmp_path: Path, ws:
     # a label PNG that was not downloaded: the error says where to put it
     sem_line["seg-ref"] = "s3://b/ann/missing.png"
     manifest.write_text(json.dumps(sem_line) + "\n")
-    with pytest.raises(Exception, match="aws s3 cp s3://b/ann/missing.png"):
+    with pytest.raises(AnnotationError) as err:
         import_annotations(ws, [manifest], "groundtruth")
+    assert "s3://b/ann/missing.png" in err.value.message
+    assert err.value.hint is not None and "aws s3 cp s3://b/ann/missing.png" in err.value.hint
 
 
 def test_import_darwin_polygons_complex_holes_and_ignore(tmp_path: Path, ws: Workspace) -> None:
