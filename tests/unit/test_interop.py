@@ -611,3 +611,39 @@ def test_import_darwin_polygons_complex_holes_and_ignore(tmp_path: Path, ws: Wor
     }
     lab = cv2.imread(str(next((out / "labelsTr").iterdir())), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(lab == 1, expected) and np.array_equal(lab == 2, ignore & ~expected)
+
+
+def test_export_dicom_seg_references_the_source_and_reads_back(
+    tmp_path: Path, ws: Workspace
+) -> None:
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    src = tmp_path / "src"
+    make_dicom(src / "a.dcm", (np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 7))
+    _image(src / "b.png", 20, 24, 11)
+    _run("add", src, "-w", ws.root)
+    recs = {Path(r.source_path).name: r for r in ws.ledger.all()}
+    masks = tmp_path / "m"
+    masks.mkdir()
+    lesion = _box(20, 24, 4, 12, 6, 18)
+    for name in ("a.png", "b.png"):  # named like the images (a.dcm -> a.png)
+        cv2.imwrite(str(masks / name), lesion.astype(np.uint8) * 255)
+    import_annotations(ws, [masks], "masks")
+    out = tmp_path / "seg"
+    _run("export", out, "-w", ws.root, "--format", "dicom-seg")
+    manifest = json.loads((out / "camlabel-export.json").read_text())
+    assert manifest["written"]["skipped_not_dicom"] == [f"cxr_{recs['b.png'].image_id[:12]}"]
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 1
+    source = pydicom.dcmread(src / "a.dcm")
+    seg = hd.seg.segread(files[0])
+    assert seg.Modality == "SEG"
+    ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.PatientID == source.PatientID  # patient data stays in the local DICOM file
+    assert seg.SegmentSequence[0].SegmentLabel == "lesion"
+    pix = seg.get_segment_mask(1) if hasattr(seg, "get_segment_mask") else None
+    arr = np.asarray(seg.pixel_array).reshape(20, 24) if pix is None else pix
+    assert np.array_equal(arr.astype(bool), lesion)
