@@ -19,7 +19,6 @@ import numpy as np
 from camlabel.errors import UsageError
 from camlabel.interop.exporting import ExportItem
 
-
 #: Patient and study attributes of type 2 (present, may be empty) that a SEG copies from its source.
 _TYPE2_COPIED = (
     "PatientName",
