@@ -647,3 +647,17 @@ def test_export_dicom_seg_references_the_source_and_reads_back(
     pix = seg.get_segment_mask(1) if hasattr(seg, "get_segment_mask") else None
     arr = np.asarray(seg.pixel_array).reshape(20, 24) if pix is None else pix
     assert np.array_equal(arr.astype(bool), lesion)
+
+
+@pytest.mark.slow
+def test_nnunet_own_integrity_check(tmp_path: Path, masked: Workspace) -> None:
+    """nnU-Net's verify_dataset_integrity itself, where nnunetv2 is installed (it pulls torch)."""
+    pytest.importorskip("nnunetv2")
+    import os
+
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    out = tmp_path / "Dataset501_Lesion"
+    _run("export", out, "-w", masked.root, "--format", "nnunet")
+    os.environ.setdefault("nnUNet_raw", str(tmp_path))
+    verify_dataset_integrity(str(out), 1)  # raises on any problem
