@@ -8,13 +8,13 @@ Patient ID tag; either way they stay in the local ledger (docs/privacy.md).
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from camlabel.errors import UsageError
+from camlabel.interop.common import read_table, resolve_beside
 from camlabel.workspace import Workspace
 
 
@@ -42,25 +42,18 @@ def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
 
     Relative file names are taken relative to the CSV's folder (the key is the resolved path).
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise UsageError(f"cannot read metadata CSV '{path}': {exc.strerror}") from exc
-    reader = csv.DictReader(text.splitlines())
-    cols = [c.strip() for c in reader.fieldnames or []]
-    if "file" not in cols:
-        raise UsageError(
-            f"metadata CSV '{path}' has no 'file' column. Received columns: {cols}",
-            hint="write a header line: file,patient_id,label (patient_id and label optional)",
-        )
+    rows = read_table(
+        path,
+        "metadata",
+        ["file"],
+        hint="write a header line: file,patient_id,label (patient_id and label optional)",
+    )
     out: dict[str, dict[str, str]] = {}
-    for row in reader:
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        if not row.get("file"):
-            continue
-        f = Path(row["file"])
-        key = str((f if f.is_absolute() else path.parent / f).resolve())
-        out[key] = {k: row[k] for k in ("patient_id", "label") if row.get(k)}
+    for row in rows:
+        if row.get("file"):
+            out[resolve_beside(path, row["file"])] = {
+                k: row[k] for k in ("patient_id", "label") if row.get(k)
+            }
     return out
 
 

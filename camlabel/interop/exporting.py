@@ -11,7 +11,6 @@ they carry no source file name or patient data.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -84,13 +83,9 @@ Writer = Callable[[Sequence[ExportItem], Path], dict[str, Any]]
 
 def get_exporter(fmt: str) -> Writer:
     """The ``write`` function of a format; an unknown name lists the valid ones."""
-    if fmt not in EXPORTERS:
-        raise UsageError(
-            f"Wrong export format {fmt!r}, supported formats: {sorted(EXPORTERS)}",
-            hint="pass --format " + "|".join(sorted(EXPORTERS)),
-        )
-    module = importlib.import_module(f"camlabel.interop.exporters.{EXPORTERS[fmt]}")
-    writer: Writer = module.write
+    from camlabel.interop.common import load_format
+
+    writer: Writer = load_format("export", EXPORTERS, "camlabel.interop.exporters", fmt, "write")
     return writer
 
 

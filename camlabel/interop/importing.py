@@ -16,7 +16,6 @@ its extension) against the source files of the ledger.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from camlabel.errors import AnnotationError, BatchError, CamlabelError, UsageError
+from camlabel.interop.common import read_table, resolve_beside
 from camlabel.interop.importers import ForeignAnnotation, LabelMap, SkipCounter, get_importer
 from camlabel.records import Annotation, ImageRecord, utcnow
 from camlabel.workspace import Workspace
@@ -77,28 +77,18 @@ class _Ready:
 
 def read_mapping_csv(path: Path) -> dict[str, str]:
     """``name`` -> image file (resolved) or image id, from a CSV with ``name`` and ``image`` columns."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise UsageError(f"cannot read mapping CSV '{path}': {exc.strerror}") from exc
-    reader = csv.DictReader(text.splitlines())
-    cols = [c.strip() for c in reader.fieldnames or []]
-    if "name" not in cols or "image" not in cols:
-        raise UsageError(
-            f"mapping CSV '{path}' needs the columns 'name' and 'image'. Received columns: {cols}",
-            hint="name = the image file name as the annotation file writes it; "
-            "image = an image file on this machine or a camlabel image id",
-        )
+    rows = read_table(
+        path,
+        "mapping",
+        ["name", "image"],
+        hint="name = the image file name as the annotation file writes it; "
+        "image = an image file on this machine or a camlabel image id",
+    )
     out: dict[str, str] = {}
-    for row in reader:
-        name = (row.get("name") or "").strip()
-        image = (row.get("image") or "").strip()
-        if not name or not image:
-            continue
-        if not _is_image_id(image):
-            p = Path(image)
-            image = str((p if p.is_absolute() else path.parent / p).resolve())
-        out[name] = image
+    for row in rows:
+        name, image = row.get("name", ""), row.get("image", "")
+        if name and image:
+            out[name] = image if _is_image_id(image) else resolve_beside(path, image)
     return out
 
 

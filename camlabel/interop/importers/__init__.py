@@ -8,7 +8,6 @@ images, validates the whole batch, and commits it in one ledger transaction.
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,13 +118,9 @@ Reader = Callable[[Sequence[Path], LabelMap, SkipCounter], list[ForeignAnnotatio
 
 def get_importer(fmt: str) -> Reader:
     """The ``read`` function of a format; an unknown name lists the valid ones."""
-    if fmt not in IMPORTERS:
-        raise UsageError(
-            f"Wrong import format {fmt!r}, supported formats: {sorted(IMPORTERS)}",
-            hint="pass --format " + "|".join(sorted(IMPORTERS)),
-        )
-    module = importlib.import_module(f"camlabel.interop.importers.{IMPORTERS[fmt]}")
-    reader: Reader = module.read
+    from camlabel.interop.common import load_format
+
+    reader: Reader = load_format("import", IMPORTERS, __name__, fmt, "read")
     return reader
 
 
