@@ -106,8 +106,11 @@ class LabelMap:
     def __call__(self, name: Any) -> str | None:
         """``lesion``, ``ignore``, or None (not mapped: skipped and counted)."""
         key = str(name).strip()
+        folded = {k.lower(): v for k, v in self.explicit.items()}
         if key in self.explicit:
             target = self.explicit[key]
+        elif key.lower() in folded:
+            target = folded[key.lower()]
         else:
             target = self.defaults.get(key.lower(), "skip")
         return None if target == "skip" else target

@@ -103,7 +103,7 @@ def _annotation(
     fa = ForeignAnnotation(
         ref=ref,
         annotation_id=f"{task.get('id')}/{ann.get('id')}",
-        annotator=str(ann.get("completed_by", "unknown")),
+        annotator=_who(ann.get("completed_by")),
         source_file=str(f),
         fmt="labelstudio",
         created_at=_ts(ann.get("created_at")),
@@ -153,6 +153,13 @@ def _annotation(
         skipped["annotation without lesion regions"] += 1
         return None
     return fa
+
+
+def _who(completed_by: Any) -> str:
+    """``completed_by`` is a user id, or (in some exports) a user object."""
+    if isinstance(completed_by, Mapping):
+        return str(completed_by.get("email") or completed_by.get("id") or "unknown")
+    return "unknown" if completed_by is None else str(completed_by)
 
 
 def _add_mask(fa: ForeignAnnotation, m: np.ndarray, target: str) -> None:
