@@ -661,3 +661,54 @@ def test_nnunet_own_integrity_check(tmp_path: Path, masked: Workspace) -> None:
     _run("export", out, "-w", masked.root, "--format", "nnunet")
     os.environ.setdefault("nnUNet_raw", str(tmp_path))
     verify_dataset_integrity(str(out), 1)  # raises on any problem
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "content", "message"),
+    [
+        ("labelstudio", "min.json", [{"image": "/x.png", "label": []}], "is not a task"),
+        ("labelstudio", "obj.json", "{not json", "is not valid JSON (line 1"),
+        ("coco", "c.json", {"annotations": []}, "is not a COCO file"),
+        (
+            "coco",
+            "c2.json",
+            {
+                "images": [{"id": 1, "file_name": "x.png"}],
+                "annotations": [
+                    {"id": 1, "image_id": 9, "category_id": 1, "segmentation": [[0, 0, 1, 1, 1, 0]]}
+                ],
+                "categories": [{"id": 1, "name": "lesion"}],
+            },
+            "image_id 9 is not in 'images'",
+        ),
+        (
+            "coco",
+            "c3.json",
+            {
+                "images": [{"id": 1, "file_name": "x.png", "width": 4, "height": 4}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "segmentation": {"size": [4, 4], "counts": [3, 2]},
+                    }
+                ],
+                "categories": [{"id": 1, "name": "lesion"}],
+            },
+            "RLE runs cover 5 pixels but size 4x4 has 16",
+        ),
+        ("darwin", "d.json", {"annotations": []}, "is not a Darwin JSON file"),
+        ("groundtruth", "o.manifest", "not json\n", "line 1"),
+    ],
+)
+def test_malformed_files_are_refused_naming_the_file(
+    tmp_path: Path, ws: Workspace, fmt: str, name: str, content: Any, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    before = ws.ledger.path.read_bytes()
+    with pytest.raises(AnnotationError) as err:
+        import_annotations(ws, [path], fmt)
+    assert message in err.value.message and name in err.value.message
+    assert ws.ledger.path.read_bytes() == before
