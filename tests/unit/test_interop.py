@@ -26,7 +26,7 @@ from camlabel.imaging import read_image, read_mask_png
 from camlabel.interop import cocorle
 from camlabel.interop.importing import import_annotations
 from camlabel.workspace import Workspace
-from tests.dicom_factory import make_dicom
+from tests.dicom_factory import fake_tag_needles, make_dicom
 
 
 def _run(*args: Any) -> Any:
@@ -91,6 +91,10 @@ def test_add_registers_png_16bit_dicom_recursively_with_patients_and_duplicates(
     )
     assert len(report.pushed) == 4
     assert all("fake" in r.jobs for r in ws.ledger.all())
+    # the patient id stays in the local ledger: nothing published carries a DICOM tag value
+    for task in server.tasks.values():
+        published = repr(task).encode() + task.item.display_png.read_bytes()
+        assert not [n for n in fake_tag_needles() if n in published]
 
 
 def test_add_rejects_unknown_label_and_lists_classes(tmp_path: Path, ws: Workspace) -> None:
