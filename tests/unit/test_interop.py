@@ -721,3 +721,22 @@ def test_malformed_files_are_refused_naming_the_file(
         import_annotations(ws, [path], fmt)
     assert message in err.value.message and name in err.value.message
     assert _snapshot(ws) == before
+
+
+def test_nnunet_test_split_goes_to_imagests_without_labels(
+    tmp_path: Path, masked: Workspace
+) -> None:
+    held_out = sorted(r.image_id for r in masked.ledger.all())[0]
+    with masked.ledger.transaction() as txn:
+        txn.put(txn.get(held_out).evolve(split="test"))
+    out = tmp_path / "Dataset503_Split"
+    _run("export", out, "-w", masked.root, "--format", "nnunet")
+    case = f"cxr_{held_out[:12]}"
+    assert [p.name for p in (out / "imagesTs").iterdir()] == [f"{case}_0000.png"]
+    assert not (out / "labelsTr" / f"{case}.png").exists()
+    found = read_nnunet_dataset(out)
+    assert found["dataset"]["numTraining"] == 3 and case not in found["cases"]
+    assert all(
+        case not in f["train"] + f["val"]
+        for f in json.loads((out / "splits_final.json").read_text())
+    )
