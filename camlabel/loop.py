@@ -420,3 +420,24 @@ def _count(values: Any) -> dict[str, int]:
         key = "unknown" if v is None else str(v)
         out[key] = out.get(key, 0) + 1
     return out
+
+
+# --------------------------------------------------------------------------- imported annotations
+def merge_annotations(
+    ws: Workspace,
+    rec: ImageRecord,
+    annotations: list[Annotation],
+    summary: PullSummary,
+    *,
+    consensus_rule: str | None = None,
+    min_annotations: int | None = None,
+) -> ImageRecord:
+    """Add annotations whose rasters are already written, then recompute the consensus mask.
+
+    What pull-masks does for one task, for annotations that came from elsewhere (``camlabel
+    import-annotations``): the same consensus rule and mask versioning.
+    """
+    settings = ws.settings.consensus
+    rule = consensus_rule or settings.rule
+    k = int(min_annotations if min_annotations is not None else settings.min_annotations)
+    return _remerge(ws, rec.with_annotations(annotations), rule, k, summary)

@@ -183,6 +183,10 @@ class Annotation(_Record):
     lead_time_s: float | None = None
     accepted_unchanged: bool | None = None
     class_choice: str | None = None
+    #: where an imported annotation came from: format, file, annotator, foreign id
+    origin: dict[str, str] | None = None
+    #: workspace-relative PNG (0/255) of regions marked "ignore" (not lesion, not background)
+    ignore_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ANNOTATION_STATUSES:

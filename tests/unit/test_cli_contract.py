@@ -30,6 +30,9 @@ COMMANDS = [
     "report",
     "demo",
     "labelstudio",
+    "add",
+    "import-annotations",
+    "export",
 ]
 
 
