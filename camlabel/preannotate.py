@@ -29,6 +29,7 @@ from camlabel.records import Heatmap, ImageRecord, Preannotation, Prediction
 
 if TYPE_CHECKING:
     from camlabel.imaging import Letterbox, LoadedImage
+    from camlabel.lungs import LungFields
     from camlabel.workspace import Workspace
 
 PREANNOTATION_REPLACEABLE_STATES = ("registered", "preannotated")
@@ -145,6 +146,42 @@ def preannotation_from_map(
     )
 
 
+def preannotation_from_mask(
+    mask: np.ndarray,
+    *,
+    settings: Mapping[str, Any],
+    source: str,
+    model_version: str,
+    score: float | None = None,
+    threshold: float | str | None = None,
+    refine: str | None = None,
+) -> Preannotation:
+    """A bool HxW mask at ORIGINAL image resolution -> ``Preannotation`` polygons.
+
+    The path of refined CAMs (:func:`camlabel.cam.refine.refine_cam`): the mask is already
+    decided, so only ``min_area_fraction``, ``epsilon_px`` and ``max_vertices`` of
+    ``settings`` apply. ``threshold`` is recorded as given (default: ``settings["threshold"]``).
+    """
+    from camlabel.geometry import mask_to_polygons
+
+    m = np.asarray(mask, bool)
+    h, w = m.shape
+    polys = mask_to_polygons(
+        m,
+        min_area_px=float(settings["min_area_fraction"]) * h * w,
+        epsilon_px=float(settings["epsilon_px"]),
+        max_vertices=settings.get("max_vertices"),
+    )
+    return Preannotation(
+        polygons=tuple(p.to_json() for p in polys),
+        source=source,
+        model_version=model_version,
+        threshold=settings["threshold"] if threshold is None else threshold,
+        score=None if score is None else round(float(score), 6),
+        refine=refine,
+    )
+
+
 def load_heatmap(ws: Workspace, record: ImageRecord) -> np.ndarray:
     """A record's stored heatmap mapped back to its original resolution (float32 HxW).
 
@@ -224,6 +261,9 @@ def run_gradcam(
     all_images: bool = False,
     target: str | None = None,
     progress: bool = False,
+    refine: str | None = None,
+    lung_masks: str | Path | None = None,
+    lung_model: str | Path | None = None,
 ) -> GradcamSummary:
     """Register images, compute fused CAMs in batches, write heatmaps/overlays, update the ledger.
 
@@ -237,14 +277,25 @@ def run_gradcam(
     whose file exists) are skipped; the ledger is written after every batch. An existing
     pre-annotation is replaced only while the image is not yet pushed or annotated, and
     only if it came from a CAM method. Unreadable images are reported in ``failures``.
+
+    ``refine`` (default: the workspace's ``cam.refine``) turns each CAM into its mask
+    (:mod:`camlabel.cam.refine`); the lung refinements take each image's lung field from
+    ``lung_masks`` (a folder, matched by relative path) or else the ``lung_model`` segmenter,
+    and fall back to their lung-free variant where neither has one (the pre-annotation's
+    ``refine`` says which ran). An image whose pre-annotation came from another refinement is
+    done again.
     """
     from camlabel.cam import get_cam_method
+    from camlabel.cam.refine import get_refinement
     from camlabel.imaging import read_image, write_png_atomic
     from camlabel.progress import progress_bar
 
-    settings = cam_settings(ws, method=method, fusion=fusion)
+    settings = cam_settings(ws, method=method, fusion=fusion, refine=refine)
     method_name = str(settings["method"])
     cam_cls = get_cam_method(method_name)
+    refine_name = str(settings["refine"])
+    get_refinement(refine_name)  # an unknown name fails before any work
+    lungs = _open_lungs(refine_name, lung_masks, lung_model)
     clf = load_classifier(model_path)
     target_idx = -1
     if target is not None:
@@ -254,6 +305,8 @@ def run_gradcam(
             )
         target_idx = clf.classes.index(target)
     listing = resolve_inputs(inputs, clf.classes)
+    # records keep resolved source paths; lung masks are matched by the path under its input
+    rel_by_source = {str(Path(k).resolve()): v for k, v in listing.relpaths.items()}
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
     )
@@ -273,6 +326,7 @@ def run_gradcam(
             and hm.method == method_name
             and hm.fusion == str(settings["fusion"])
             and ws.abs(hm.path).is_file()
+            and _refined_as(rec.preannotation, refine_name, lungs)
         ):
             summary.skipped += 1
         else:
@@ -318,17 +372,27 @@ def run_gradcam(
                 png = heat_dir / f"{rec.image_id}.png"
                 _save_npy_atomic(npy, grid.astype(np.float16))
                 wants = all_images or pred.predicted_class in lesion
-                pre = (
-                    preannotation_from_map(
+                pre = None
+                if wants and refine_name == "none":
+                    pre = preannotation_from_map(
                         heat,
                         settings=settings,
                         source=method_name,
                         model_version=clf.model_version,
                         score=pred.probability,
                     )
-                    if wants
-                    else None
-                )
+                elif wants:
+                    rel = rel_by_source.get(rec.source_path, Path(rec.source_path).name)
+                    pre = refined_preannotation(
+                        heat,
+                        img,
+                        settings=settings,
+                        lungs=lungs,
+                        relpath=rel,
+                        source=method_name,
+                        model_version=clf.model_version,
+                        score=pred.probability,
+                    )
                 target_class = clf.classes[int(result.targets[i])]
                 label = f"{pred.predicted_class} {pred.probability:.2f} | {method_name} -> {target_class}"
                 write_png_atomic(
@@ -353,6 +417,68 @@ def run_gradcam(
             bar.update(len(chunk))
     _record_gradcam_run(ws, clf, settings, batch_size, all_images, target, summary)
     return summary
+
+
+def _open_lungs(
+    refine: str, lung_masks: str | Path | None, lung_model: str | Path | None
+) -> LungFields:
+    from camlabel.cam.refine import NEEDS_LUNG
+    from camlabel.lungs import LungFields
+
+    if refine in NEEDS_LUNG:
+        return LungFields.open(lung_masks, lung_model)
+    return LungFields()
+
+
+def _refined_as(pre: Preannotation | None, refine: str, lungs: LungFields) -> bool:
+    """Whether a stored pre-annotation (or its absence) needs no redo for ``refine``: made by
+    it, or by its lung-free fallback while no lung field is given."""
+    if pre is None:
+        return True
+    done = pre.refine or "none"
+    return done == refine or (not lungs.available and done == _fallback(refine))
+
+
+def _fallback(refine: str) -> str:
+    """What a lung refinement becomes without a lung field."""
+    from camlabel.cam.refine import LUNG_FREE
+
+    return LUNG_FREE.get(refine, refine)
+
+
+def refined_preannotation(
+    heat: np.ndarray,
+    image: LoadedImage,
+    *,
+    settings: Mapping[str, Any],
+    lungs: LungFields,
+    relpath: str,
+    source: str,
+    model_version: str,
+    score: float | None = None,
+) -> Preannotation:
+    """A CAM at the image's resolution -> refined mask (``settings["refine"]``) -> polygons.
+
+    The lung field comes from ``lungs`` (for the lung refinements); without one, the lung
+    refinement falls back to its lung-free variant, and the record says so in ``refine``.
+    """
+    from camlabel.cam.refine import NEEDS_LUNG, refine_cam
+
+    name = str(settings["refine"])
+    lung = None
+    if name in NEEDS_LUNG:
+        lung, _, _ = lungs.get(relpath, image)
+        if lung is None or not lung.any():
+            name, lung = _fallback(name), None
+    mask = refine_cam(heat, image.display, method=name, threshold=settings["threshold"], lung=lung)
+    return preannotation_from_mask(
+        mask,
+        settings=settings,
+        source=source,
+        model_version=model_version,
+        score=score,
+        refine=name,
+    )
 
 
 def _gradcam_update(

@@ -139,6 +139,9 @@ class Preannotation(_Record):
     threshold: float | str | None = None
     score: float | None = None
     created_at: str = field(default_factory=utcnow)
+    #: how a CAM became the polygons (``camlabel.cam.refine``: none, lung, grabcut,
+    #: lung+grabcut); None for other sources and for records written before refinements
+    refine: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "polygons", _validate_polygons(self.polygons, "preannotation"))

@@ -16,6 +16,7 @@ from camlabel.cli.common import (
     show_progress,
     workspace_option,
 )
+from camlabel.config import CAM_REFINEMENTS
 
 # CAM method and fusion names are listed here (not imported) so that --help stays light;
 # tests check they match camlabel.cam.CAM_METHODS / FUSIONS.
@@ -309,6 +310,24 @@ def _fail_on(failures: list[Any], what: str) -> None:
     help="Pre-annotate every image, not only those predicted as a lesion class.",
 )
 @click.option("--target", default=None, help="Explain this class instead of the predicted one.")
+@click.option(
+    "--refine",
+    type=click.Choice(CAM_REFINEMENTS),
+    default=None,
+    help="How each CAM becomes a mask [workspace cam.refine: lung+opacity]; the lung ones need --lung-masks or --lung-model (else none).",
+)
+@click.option(
+    "--lung-masks",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of lung masks matched by relative path or file name (lung = 255).",
+)
+@click.option(
+    "--lung-model",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A lung segmenter (train-seg model folder) for the images --lung-masks does not cover.",
+)
 @json_option
 def gradcam(
     model: Path,
@@ -319,6 +338,9 @@ def gradcam(
     batch_size: int,
     all_images: bool,
     target: str | None,
+    refine: str | None,
+    lung_masks: Path | None,
+    lung_model: Path | None,
     as_json: bool,
 ) -> None:
     """Grad-CAM heatmaps and pre-annotation polygons for IMAGES (files, folders or a metadata.csv).
@@ -340,6 +362,9 @@ def gradcam(
         all_images=all_images,
         target=target,
         progress=show_progress(),
+        refine=refine,
+        lung_masks=lung_masks,
+        lung_model=lung_model,
     )
     if as_json:
         echo_json(s.to_json())
