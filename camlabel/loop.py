@@ -11,6 +11,7 @@ interrupted pull is simply redone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -38,18 +39,48 @@ def push_jobs(
     include_all: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    select: int | None = None,
+    strategy: str = "uncertainty",
+    round: int | None = None,
+    seed: int = 0,
 ) -> PushReport:
     """Publish images that have a pre-annotation (or all registered images with ``include_all``).
 
     Job ids are committed to the ledger after every chunk the backend confirms; the backend
     itself skips images already present on its side, so a re-run after any interruption
     publishes nothing twice.
+
+    ``select=N`` publishes only the ``N`` not-yet-published images that ``strategy``
+    (:mod:`camlabel.active`) ranks first, with their score as the task's priority. Each newly
+    published image records its ``round`` (default: one more than the highest round already
+    published to this backend, 1 at first); images already published keep theirs.
     """
-    items = [
-        _push_item(ws, rec, backend)
+    candidates = [
+        rec
         for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id)
         if include_all or rec.preannotation is not None
     ]
+    round_no = round if round is not None else _next_round(ws, backend)
+    if round_no < 1:
+        raise UsageError(f"--round must be at least 1. Received: {round_no}")
+    priority: dict[str, float] = {}
+    if select is not None:
+        from camlabel.active import select_images
+
+        fresh = [rec for rec in candidates if backend not in rec.jobs]
+        # a re-run of the same round tops the round up to N instead of adding N more
+        quota = select - sum(
+            1 for rec in candidates if (j := rec.jobs.get(backend)) and j.round == round_no
+        )
+        chosen = select_images(fresh, quota, strategy, seed=seed) if fresh and quota > 0 else []
+        priority = {s.record.image_id: s.score for s in chosen}
+        candidates = [s.record for s in chosen]
+    items = [
+        dataclasses.replace(_push_item(ws, rec, backend), priority=priority.get(rec.image_id))
+        for rec in candidates
+    ]
+    if select is not None and not items:
+        return _record_push(ws, backend, include_all, dry_run, select, strategy, round_no, seed)
     if not items:
         raise UsageError(
             "nothing to push: no image in the ledger has a pre-annotation",
@@ -63,7 +94,13 @@ def push_jobs(
         with ws.ledger.transaction() as txn:
             for image_id, job in jobs.items():
                 rec = txn.get(image_id)
-                if rec is not None and rec.jobs.get(backend) != job:
+                if rec is None:
+                    continue
+                old = rec.jobs.get(backend)
+                if job.round is None:
+                    kept = old.round if old is not None and old.round is not None else None
+                    job = dataclasses.replace(job, round=kept if kept is not None else round_no)
+                if old != job:
                     txn.put(rec.with_job(job))
 
     report = be.push(items, dry_run=dry_run, progress=progress, on_pushed=on_pushed)
@@ -71,7 +108,16 @@ def push_jobs(
         on_pushed({**report.already_present, **report.pushed})
     ws.record_run(
         "push-jobs",
-        {"backend": backend, "include_all": include_all, "dry_run": dry_run, **be.describe()},
+        {
+            "backend": backend,
+            "include_all": include_all,
+            "dry_run": dry_run,
+            **be.describe(),
+            "select": select,
+            "strategy": strategy if select is not None else None,
+            "round": round_no,
+            "seed": seed,
+        },
         result={
             "project": report.project,
             "pushed": len(report.pushed),
@@ -80,6 +126,44 @@ def push_jobs(
         },
     )
     return report
+
+
+def _record_push(
+    ws: Workspace,
+    backend: str,
+    include_all: bool,
+    dry_run: bool,
+    select: int | None,
+    strategy: str,
+    round_no: int,
+    seed: int,
+) -> PushReport:
+    """Nothing left to select (the round is full, or every image is published): an empty
+    report, recorded like any push."""
+    ws.record_run(
+        "push-jobs",
+        {
+            "backend": backend,
+            "include_all": include_all,
+            "dry_run": dry_run,
+            "select": select,
+            "strategy": strategy,
+            "round": round_no,
+            "seed": seed,
+        },
+        result={"project": None, "pushed": 0, "already_present": 0, "failures": 0},
+    )
+    return PushReport()
+
+
+def _next_round(ws: Workspace, backend: str) -> int:
+    """One more than the highest round published to ``backend`` (1 when none is recorded)."""
+    rounds = [
+        job.round
+        for rec in ws.ledger.all()
+        if (job := rec.jobs.get(backend)) is not None and job.round is not None
+    ]
+    return max(rounds, default=0) + 1
 
 
 def _push_item(ws: Workspace, rec: ImageRecord, backend: str) -> PushItem:

@@ -154,6 +154,8 @@ class LabelStudioTasks(LabelStudioClient):
             "model_version": pre.model_version if pre else "classifier",
         }
         score = pre.score if pre is not None and pre.score is not None else item.probability
+        if item.priority is not None:  # the Data Manager sorts by it: the selection order
+            score = item.priority
         if score is not None:
             pred["score"] = float(score)
         return pred
