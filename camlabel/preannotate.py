@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -525,3 +526,211 @@ def _record_gradcam_run(
         result={k: v for k, v in summary.to_json().items() if k != "failures"}
         | {"failed": len(summary.failures)},
     )
+
+
+# ------------------------------------------------------------------ preannotate --from
+PREANNOTATION_SOURCES = ("cam", "segmenter")
+
+
+@dataclass
+class PreannotateSummary:
+    """What :func:`run_preannotate` did (``to_json`` for ``--json``)."""
+
+    source: str
+    model_version: str | None = None
+    candidates: int = 0
+    preannotated: int = 0
+    unchanged: int = 0
+    empty: int = 0
+    skipped_annotated: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "model_version": self.model_version,
+            "candidates": self.candidates,
+            "preannotated": self.preannotated,
+            "unchanged": self.unchanged,
+            "empty": self.empty,
+            "skipped_annotated": self.skipped_annotated,
+            "failures": [list(f) for f in self.failures],
+        }
+
+
+def run_preannotate(
+    ws: Workspace,
+    source: str,
+    model: str | Path | None = None,
+    images: Sequence[str | Path] = (),
+    *,
+    refine: str | None = None,
+    lung_masks: str | Path | None = None,
+    lung_model: str | Path | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> PreannotateSummary:
+    """Pre-annotations for the images not yet published or annotated, from ``source``:
+
+    - ``"cam"``: each image's stored heatmap (``camlabel gradcam``) through the CAM settings
+      and ``refine`` (:func:`refined_preannotation`) - no model needed; images predicted as a
+      lesion class (or already pre-annotated) only;
+    - ``"segmenter"``: the ``model`` segmenter's probability map at the original resolution,
+      thresholded at its own threshold (polygons with holes where the map has them); the
+      pre-annotation records the model version and its uncertainty (mean binary entropy).
+
+    ``images`` (files, folders, ``metadata.csv``) are registered first and limit the work to
+    them; without, every record in the ledger is a candidate. Idempotent: an image whose
+    pre-annotation already comes from the same source, model version (and refinement) is left
+    as is; published or annotated images are never touched.
+    """
+    from camlabel.imaging import read_image
+
+    if source not in PREANNOTATION_SOURCES:
+        raise UsageError(
+            f"--from must be one of {list(PREANNOTATION_SOURCES)}. Received: {source!r}"
+        )
+    summary = PreannotateSummary(source=source)
+    relpaths: dict[str, str] = {}
+    if images:
+        listing = resolve_inputs(images, ws.classes)
+        records, failures = ws.register_images(
+            listing.paths, labels=listing.labels, patient_ids=listing.patient_ids
+        )
+        summary.failures.extend(failures)
+        wanted = {r.image_id for r in records}
+        relpaths = {str(Path(k).resolve()): v for k, v in listing.relpaths.items()}
+        candidates = [r for r in ws.ledger.all() if r.image_id in wanted]
+    else:
+        candidates = ws.ledger.all()
+    todo = []
+    for rec in sorted(candidates, key=lambda r: r.image_id):
+        if rec.state not in PREANNOTATION_REPLACEABLE_STATES:
+            summary.skipped_annotated += 1
+        else:
+            todo.append(rec)
+    summary.candidates = len(todo)
+    if source == "segmenter":
+        if model is None:
+            raise UsageError(
+                "--from segmenter needs the segmenter MODEL (a train-seg model folder)",
+                hint="camlabel preannotate -w WS --from segmenter WS/models/<run>",
+            )
+        pres = _segmenter_preannotations(ws, model, todo, summary, batch_size, progress)
+    else:
+        settings = cam_settings(ws, refine=refine)
+        lungs = _open_lungs(str(settings["refine"]), lung_masks, lung_model)
+        lesion = set(ws.lesion_classes)
+        pres = {}
+        for rec in todo:
+            if rec.heatmap is None or not (
+                rec.preannotation is not None
+                or (rec.prediction is not None and rec.prediction.predicted_class in lesion)
+            ):
+                continue
+            if _same_cam_preannotation(rec, settings, lungs):
+                summary.unchanged += 1
+                continue
+            try:
+                img = read_image(rec.source_path)
+            except ImageReadError as exc:
+                summary.failures.append((rec.source_path, exc.message))
+                continue
+            pres[rec.image_id] = refined_preannotation(
+                load_heatmap(ws, rec),
+                img,
+                settings=settings,
+                lungs=lungs,
+                relpath=relpaths.get(rec.source_path, Path(rec.source_path).name),
+                source=rec.heatmap.method,
+                model_version=rec.heatmap.model_version,
+                score=rec.prediction.probability if rec.prediction else None,
+            )
+    with ws.ledger.transaction() as txn:
+        for image_id, pre in pres.items():
+            cur = txn.get(image_id)
+            if cur is None or cur.state not in PREANNOTATION_REPLACEABLE_STATES:
+                continue
+            txn.put(cur.evolve(preannotation=pre))
+            summary.preannotated += 1
+            summary.empty += not pre.polygons
+    ws.record_run(
+        "preannotate",
+        {
+            "from": source,
+            "model": str(Path(model).resolve()) if model else None,
+            "refine": refine,
+            "lung_masks": str(lung_masks) if lung_masks else None,
+            "lung_model": str(lung_model) if lung_model else None,
+            "images": len(images),
+        },
+        model_version=summary.model_version,
+        result={k: v for k, v in summary.to_json().items() if k != "failures"}
+        | {"failed": len(summary.failures)},
+    )
+    return summary
+
+
+def _same_cam_preannotation(
+    rec: ImageRecord, settings: Mapping[str, Any], lungs: LungFields
+) -> bool:
+    pre, hm = rec.preannotation, rec.heatmap
+    return (
+        pre is not None
+        and hm is not None
+        and pre.source == hm.method
+        and pre.model_version == hm.model_version
+        and pre.refine is not None
+        and _refined_as(pre, str(settings["refine"]), lungs)
+    )
+
+
+def _segmenter_preannotations(
+    ws: Workspace,
+    model: str | Path,
+    todo: Sequence[ImageRecord],
+    summary: PreannotateSummary,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Preannotation]:
+    from camlabel.active import binary_entropy_mean
+    from camlabel.imaging import read_image
+    from camlabel.models.segmenter import load_segmenter, segment_probability
+    from camlabel.progress import progress_bar
+
+    seg = load_segmenter(model)
+    summary.model_version = seg.version
+    settings = dict(cam_settings(ws)) | {"threshold": float(seg.threshold)}
+    work = []
+    for rec in todo:
+        pre = rec.preannotation
+        if pre is not None and pre.source == "segmenter" and pre.model_version == seg.version:
+            summary.unchanged += 1
+        else:
+            work.append(rec)
+    out: dict[str, Preannotation] = {}
+    step = max(1, batch_size)
+    with progress_bar(total=len(work), desc="segmenter", enabled=progress, unit="img") as bar:
+        for start in range(0, len(work), step):
+            chunk = work[start : start + step]
+            loaded = []
+            for rec in chunk:
+                try:
+                    loaded.append((rec, read_image(rec.source_path)))
+                except ImageReadError as exc:
+                    summary.failures.append((rec.source_path, exc.message))
+            probs = segment_probability(seg, [img for _, img in loaded], batch_size=step)
+            for (rec, _), prob in zip(loaded, probs, strict=True):
+                pre = preannotation_from_map(
+                    prob,
+                    settings=settings,
+                    source="segmenter",
+                    model_version=seg.version,
+                    score=float(prob.max()) if prob.size else None,
+                    absolute=True,
+                )
+                out[rec.image_id] = dataclasses.replace(
+                    pre, uncertainty=round(binary_entropy_mean(prob), 6)
+                )
+            bar.update(len(chunk))
+    return out

@@ -433,3 +433,30 @@ def test_gradcam_refines_inside_the_lung_field_and_redoes_on_another_refinement(
     assert {r.preannotation.refine for r in ws.ledger.all()} == {"none"}  # type: ignore[union-attr]
     same = CliRunner().invoke(cli, [*base, "--all", "--refine", "lung", "--json"])
     assert (_json(same)["processed"], _json(same)["skipped"]) == (0, 9)
+
+
+def test_preannotate_from_cam_refines_the_stored_heatmaps_again(
+    gradcam_workspace: Workspace, phantoms: Path
+) -> None:
+    """Runs after the tests that read gradcam_workspace's Grad-CAM polygons (file order)."""
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.imaging import read_mask_png
+
+    ws = gradcam_workspace
+    assert {r.preannotation.refine for r in ws.ledger.all()} == {"none"}  # type: ignore[union-attr]
+    args = ["preannotate", "-w", str(ws.root), "--from", "cam", "--refine", "lung+opacity"]
+    args += ["--lung-masks", str(phantoms / "lung_masks"), "--json"]
+    r = CliRunner().invoke(cli, [*args, str(phantoms / "metadata.csv")])
+    assert r.exit_code == 0, r.output
+    assert _json(r)["preannotated"] == 9
+    for rec in ws.ledger.all():
+        pre = rec.preannotation
+        assert pre is not None and (pre.source, pre.refine) == ("gradcam", "lung+opacity")
+        assert pre.model_version == rec.heatmap.model_version  # type: ignore[union-attr]
+        rel = Path(rec.source_path).relative_to(phantoms / "images")
+        lung = read_mask_png(phantoms / "lung_masks" / rel)
+        polys = [PolygonPx.from_json(p) for p in pre.polygons]
+        drawn = polygons_to_mask(polys, rec.height, rec.width) if polys else lung & False
+        assert (drawn & ~lung).sum() <= 0.05 * max(1, drawn.sum())
+    again = CliRunner().invoke(cli, args)
+    assert (_json(again)["preannotated"], _json(again)["unchanged"]) == (0, 9)
