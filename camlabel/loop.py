@@ -79,8 +79,22 @@ def push_jobs(
         dataclasses.replace(_push_item(ws, rec, backend), priority=priority.get(rec.image_id))
         for rec in candidates
     ]
-    if select is not None and not items:
-        return _record_push(ws, backend, include_all, dry_run, select, strategy, round_no, seed)
+    run_settings = {
+        "backend": backend,
+        "include_all": include_all,
+        "dry_run": dry_run,
+        "select": select,
+        "strategy": strategy if select is not None else None,
+        "round": round_no,
+        "seed": seed,
+    }
+    if select is not None and not items:  # the round is full, or every image is published
+        ws.record_run(
+            "push-jobs",
+            run_settings,
+            result={"project": None, "pushed": 0, "already_present": 0, "failures": 0},
+        )
+        return PushReport()
     if not items:
         raise UsageError(
             "nothing to push: no image in the ledger has a pre-annotation",
@@ -108,16 +122,7 @@ def push_jobs(
         on_pushed({**report.already_present, **report.pushed})
     ws.record_run(
         "push-jobs",
-        {
-            "backend": backend,
-            "include_all": include_all,
-            "dry_run": dry_run,
-            **be.describe(),
-            "select": select,
-            "strategy": strategy if select is not None else None,
-            "round": round_no,
-            "seed": seed,
-        },
+        {**run_settings, **be.describe()},
         result={
             "project": report.project,
             "pushed": len(report.pushed),
@@ -126,34 +131,6 @@ def push_jobs(
         },
     )
     return report
-
-
-def _record_push(
-    ws: Workspace,
-    backend: str,
-    include_all: bool,
-    dry_run: bool,
-    select: int | None,
-    strategy: str,
-    round_no: int,
-    seed: int,
-) -> PushReport:
-    """Nothing left to select (the round is full, or every image is published): an empty
-    report, recorded like any push."""
-    ws.record_run(
-        "push-jobs",
-        {
-            "backend": backend,
-            "include_all": include_all,
-            "dry_run": dry_run,
-            "select": select,
-            "strategy": strategy,
-            "round": round_no,
-            "seed": seed,
-        },
-        result={"project": None, "pushed": 0, "already_present": 0, "failures": 0},
-    )
-    return PushReport()
 
 
 def _next_round(ws: Workspace, backend: str) -> int:

@@ -12,11 +12,12 @@ from camlabel.cli.common import (
     echo_json,
     info,
     json_option,
+    lung_field_options,
     open_workspace,
+    refine_option,
     show_progress,
     workspace_option,
 )
-from camlabel.config import CAM_REFINEMENTS
 
 # CAM method and fusion names are listed here (not imported) so that --help stays light;
 # tests check they match camlabel.cam.CAM_METHODS / FUSIONS.
@@ -310,24 +311,8 @@ def _fail_on(failures: list[Any], what: str) -> None:
     help="Pre-annotate every image, not only those predicted as a lesion class.",
 )
 @click.option("--target", default=None, help="Explain this class instead of the predicted one.")
-@click.option(
-    "--refine",
-    type=click.Choice(CAM_REFINEMENTS),
-    default=None,
-    help="How each CAM becomes a mask [workspace cam.refine: lung+opacity]; the lung ones need --lung-masks or --lung-model (else none).",
-)
-@click.option(
-    "--lung-masks",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of lung masks matched by relative path or file name (lung = 255).",
-)
-@click.option(
-    "--lung-model",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A lung segmenter (train-seg model folder) for the images --lung-masks does not cover.",
-)
+@refine_option
+@lung_field_options
 @json_option
 def gradcam(
     model: Path,
@@ -384,18 +369,7 @@ def gradcam(
 @click.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--lung-masks",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of lung masks matched by relative path or file name (lung = 255).",
-)
-@click.option(
-    "--lung-model",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A lung segmenter (train-seg model folder) for the images --lung-masks does not cover.",
-)
+@lung_field_options
 @click.option("--method", type=click.Choice(CAM_METHOD_NAMES), default="gradcam", show_default=True)
 @click.option(
     "--fusion", type=click.Choice(FUSION_NAMES), default="normalize-mean", show_default=True

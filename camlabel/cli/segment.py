@@ -11,8 +11,10 @@ from camlabel.cli.common import (
     echo_json,
     info,
     json_option,
+    lung_field_options,
     open_workspace,
     print_failures,
+    refine_option,
     show_progress,
     workspace_option,
 )
@@ -366,24 +368,8 @@ def predict(
 )
 @click.argument("model", required=False, type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--refine",
-    type=click.Choice(["none", "lung", "grabcut", "lung+grabcut", "lung+opacity"]),
-    default=None,
-    help="--from cam: how each CAM becomes a mask [workspace cam.refine].",
-)
-@click.option(
-    "--lung-masks",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="--from cam: folder of lung masks for the lung refinements.",
-)
-@click.option(
-    "--lung-model",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="--from cam: a lung segmenter for images without a lung mask.",
-)
+@refine_option
+@lung_field_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @json_option
 def preannotate(
