@@ -472,6 +472,78 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             "agreement_dice_mean": statistics.fmean(agree) if agree else None,
             "multi_annotator": len(agree),
         },
+        "rounds": round_telemetry(ws, recs),
+    }
+
+
+def round_telemetry(ws: Workspace, recs: list[ImageRecord]) -> dict[str, Any]:
+    """Effort per labeling round (``JobRef.round``; ``"unknown"`` for images published before
+    rounds were recorded): how close the pre-annotations came to what annotators returned.
+
+    Per round: images published and masked, the pre-annotation sources, pre-annotation vs final
+    mask IoU (median, mean, quartiles, share >= 0.8), the share of annotations accepted
+    unchanged, the edited area ``|pre XOR final| / |final|`` (median, mean) and the median
+    lead time.
+    """
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.imaging import read_mask_png
+
+    groups: dict[str, list[ImageRecord]] = {}
+    for rec in recs:
+        rounds = [j.round for j in rec.jobs.values() if j.round is not None]
+        if rec.jobs:
+            groups.setdefault(str(min(rounds)) if rounds else "unknown", []).append(rec)
+    out: dict[str, Any] = {}
+    for key in sorted(groups, key=lambda k: (k == "unknown", int(k) if k.isdigit() else 0)):
+        group = groups[key]
+        ious, edited = [], []
+        for rec in group:
+            if rec.mask is None or rec.preannotation is None:
+                continue
+            if rec.mask.preannotation_iou is not None:
+                ious.append(rec.mask.preannotation_iou)
+            final = read_mask_png(ws.abs(rec.mask.path))
+            if final.any():
+                polys = [PolygonPx.from_json(p) for p in rec.preannotation.polygons]
+                pre = polygons_to_mask(polys, rec.height, rec.width) if polys else final & False
+                edited.append(float((pre ^ final).sum() / final.sum()))
+        subs = [a for r in group for a in r.annotations if a.status == "submitted"]
+        accepted = [a.accepted_unchanged for a in subs if a.accepted_unchanged is not None]
+        lead = [a.lead_time_s for a in subs if a.lead_time_s is not None]
+        out[key] = {
+            "published": len(group),
+            "masked": sum(1 for r in group if r.mask is not None),
+            "sources": _count(_source_name(r) for r in group),
+            "preannotation_iou": _distribution(ious),
+            "preannotation_iou_ge_0_8_share": (
+                sum(1 for v in ious if v >= 0.8) / len(ious) if ious else None
+            ),
+            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
+            "edited_area": _distribution(edited),
+            "lead_time_s_median": statistics.median(lead) if lead else None,
+        }
+    return out
+
+
+def _source_name(rec: ImageRecord) -> str | None:
+    pre = rec.preannotation
+    if pre is None:
+        return None
+    if pre.source == "segmenter":
+        return f"segmenter {pre.model_version}"
+    return f"{pre.source}+{pre.refine}" if pre.refine else pre.source
+
+
+def _distribution(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    q1, q2, q3 = (float(v) for v in np.quantile(values, [0.25, 0.5, 0.75]))
+    return {
+        "n": len(values),
+        "mean": round(statistics.fmean(values), 4),
+        "q1": round(q1, 4),
+        "median": round(q2, 4),
+        "q3": round(q3, 4),
     }
 
 

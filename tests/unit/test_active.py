@@ -221,3 +221,31 @@ def test_the_selection_score_is_the_label_studio_prediction_score(tmp_path: Path
     assert be.task_payload(item, "/x")["predictions"][0]["score"] == 0.97  # no selection
     chosen = dataclasses.replace(item, priority=0.42)
     assert be.task_payload(chosen, "/x")["predictions"][0]["score"] == 0.42
+
+
+def test_status_reports_effort_per_round(tmp_path: Path) -> None:
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+
+    ws = _workspace(tmp_path, [(0.34, 0.33, 0.33), (0.4, 0.35, 0.25), (0.9, 0.05, 0.05)])
+    by_src = {Path(r.source_path).name: r.image_id for r in ws.ledger.all()}
+    server = FakeServer()
+    opts = {"server": server}
+    loop.push_jobs(ws, "fake", options=opts, select=2, progress=False)  # img0, img1
+    loop.push_jobs(ws, "fake", options=opts, select=1, progress=False)  # img2, round 2
+    pre = polygons_to_mask([PolygonPx.from_json(SQUARE)], 8, 8)  # 5 x 5 pixels
+    bigger = np.zeros((8, 8), bool)
+    bigger[1:8, 1:8] = True  # 7 x 7: IoU 25/49, edited area 24/49
+    server.annotate(by_src["img0.png"], pre)
+    server.annotate(by_src["img1.png"], bigger)
+    server.annotate(by_src["img2.png"], pre)
+    loop.pull_masks(ws, "fake", options=opts, progress=False)
+    rounds = loop.workspace_status(ws)["rounds"]
+    assert set(rounds) == {"1", "2"}
+    one, two = rounds["1"], rounds["2"]
+    assert (one["published"], one["masked"], two["published"], two["masked"]) == (2, 2, 1, 1)
+    assert one["sources"] == {"gradcam": 2}
+    assert one["preannotation_iou"]["median"] == pytest.approx((1 + 25 / 49) / 2, abs=1e-3)
+    assert one["preannotation_iou_ge_0_8_share"] == 0.5
+    assert one["edited_area"]["mean"] == pytest.approx(24 / 49 / 2, abs=1e-3)
+    assert two["preannotation_iou"]["median"] == pytest.approx(1.0)
+    assert two["edited_area"]["median"] == 0.0 and two["preannotation_iou_ge_0_8_share"] == 1.0
