@@ -460,3 +460,12 @@ def test_preannotate_from_cam_refines_the_stored_heatmaps_again(
         assert (drawn & ~lung).sum() <= 0.05 * max(1, drawn.sum())
     again = CliRunner().invoke(cli, args)
     assert (_json(again)["preannotated"], _json(again)["unchanged"]) == (0, 9)
+    # a lung segmenter as the lung field (here one that calls everything lung): "lung" runs
+    from tests.seg_factory import make_constant_segmenter
+
+    seg = make_constant_segmenter(phantoms.parent / "const-lung-seg")
+    args = ["preannotate", "-w", str(ws.root), "--from", "cam", "--refine", "lung"]
+    r = CliRunner().invoke(cli, [*args, "--lung-model", str(seg), "--json"])
+    assert r.exit_code == 0, r.output
+    assert _json(r)["preannotated"] == 9
+    assert {rec.preannotation.refine for rec in ws.ledger.all()} == {"lung"}  # type: ignore[union-attr]
