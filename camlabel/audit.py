@@ -18,59 +18,11 @@ import numpy as np
 from camlabel.classify import load_classifier
 from camlabel.errors import ImageReadError, UsageError
 from camlabel.ledger import atomic_write_text
+from camlabel.lungs import LungFields
 from camlabel.preannotate import resolve_inputs
 
 if TYPE_CHECKING:
     from camlabel.workspace import Workspace
-
-
-def _index_masks(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
-    by_rel: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in (".png", ".tif", ".tiff", ".bmp"):
-            rel = p.relative_to(folder).with_suffix("").as_posix()
-            by_rel[rel] = p
-            by_stem.setdefault(p.stem, []).append(p)
-    return by_rel, by_stem
-
-
-def find_lung_mask(
-    relpath: str, by_rel: Mapping[str, Path], by_stem: Mapping[str, list[Path]]
-) -> Path | None:
-    """The mask for an image: same relative path (any mask suffix), else a unique same-stem file."""
-    key = Path(relpath).with_suffix("").as_posix()
-    if key in by_rel:
-        return by_rel[key]
-    # phantoms: images/<class>/<id>.png beside lung_masks/<class>/<id>.png
-    parts = key.split("/")
-    for k in range(1, len(parts)):
-        sub = "/".join(parts[k:])
-        if sub in by_rel:
-            return by_rel[sub]
-    same = by_stem.get(Path(relpath).stem, [])
-    return same[0] if len(same) == 1 else None
-
-
-def read_lung_mask(path: Path, height: int, width: int) -> np.ndarray:
-    """A lung mask as bool HxW at the image size: lung = the top value (255 in 0/255 masks and in
-    V7's 0/127/255 masks, where 127 is "Ignore"). Resized with nearest neighbour if needed."""
-    import cv2
-
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise ImageReadError(
-            f"cannot read lung mask {path}", hint="lung masks are 8-bit PNGs (lung = 255)"
-        )
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    full = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0
-    lung = arr >= 0.75 * full
-    if lung.shape != (height, width):
-        lung = cv2.resize(
-            lung.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
-        ).astype(bool)
-    return lung
 
 
 def border_band(height: int, width: int, fraction: float) -> np.ndarray:
@@ -107,22 +59,6 @@ def _summarize(rows: Sequence[Mapping[str, Any]], outside_threshold: float) -> d
         "flagged_share": round(flagged / len(scored), 4) if scored else None,
         "no_cam_energy": sum(1 for r in rows if r.get("border_energy_share") is None),
     }
-
-
-def lung_field(mask: np.ndarray, keep: int = 2, min_share: float = 0.1) -> np.ndarray:
-    """A segmenter's lung mask cleaned the way a lung field is shaped: the ``keep`` largest
-    connected components (two lungs), each at least ``min_share`` of the largest; stray
-    islands (a bowel gas bubble, a shoulder) are dropped."""
-    import cv2
-
-    m = np.asarray(mask, dtype=bool)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return m
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    order = np.argsort(areas)[::-1][:keep]
-    kept = [int(i) + 1 for i in order if areas[i] >= min_share * areas[order[0]]]
-    return np.isin(labels, kept)
 
 
 def worst_tile(
@@ -201,17 +137,7 @@ def run_audit(
     cam = get_cam_method(method)(clf.model, clf.cam_layers, fusion=fusion)
     items = [data] if isinstance(data, str | Path) else list(data)
     listing = resolve_inputs(items, clf.classes)
-    by_rel: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    if lung_masks is not None:
-        if not Path(lung_masks).is_dir():
-            raise UsageError(f"--lung-masks must be a folder. Received: {lung_masks}")
-        by_rel, by_stem = _index_masks(Path(lung_masks))
-    lung_seg = None
-    if lung_model is not None:
-        from camlabel.models.segmenter import load_segmenter, segment_probability
-
-        lung_seg = load_segmenter(lung_model)
+    lungs = LungFields.open(lung_masks, lung_model)
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
     heap: list[tuple[float, int, np.ndarray, str]] = []  # (-badness, tiebreak, tile, caption)
@@ -254,16 +180,7 @@ def run_audit(
                     "lung_enrichment": None,
                     "flagged": False,
                 }
-                lung = None
-                mask_path = find_lung_mask(rel, by_rel, by_stem) if by_rel else None
-                if mask_path is not None:
-                    lung = read_lung_mask(mask_path, img.height, img.width)
-                    row["lung_mask"] = str(mask_path)
-                    row["lung_source"] = "mask"
-                elif lung_seg is not None:
-                    lung = lung_field(segment_probability(lung_seg, [img])[0] >= lung_seg.threshold)
-                    row["lung_mask"] = f"segmenter:{lung_seg.path}"
-                    row["lung_source"] = "segmenter"
+                lung, row["lung_source"], row["lung_mask"] = lungs.get(rel, img)
                 if lung is not None:
                     area = float(lung.mean())
                     row["lung_area_share"] = round(area, 4)

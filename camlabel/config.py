@@ -48,6 +48,8 @@ CONFIG_NAME = "camlabel.json"
 #: The one default seed (workspace ``seed``; splits, initialisation, augmentation).
 DEFAULT_SEED = 1234
 DEFAULT_CLASSES = ("covid", "pneumonia", "normal")
+#: camlabel.cam.refine.REFINEMENTS (kept here so that reading settings imports no numpy)
+CAM_REFINEMENTS = ("none", "lung", "grabcut", "lung+grabcut", "lung+opacity")
 DEFAULT_LESION_CLASSES = ("covid", "pneumonia")
 #: S3 key prefix and AWS region of Ground Truth jobs and SageMaker training.
 DEFAULT_S3_PREFIX = "camlabel"
@@ -373,6 +375,14 @@ class CamSettings:
     min_area_fraction: float = setting(0.002, help="smallest region kept, of the image area")
     epsilon_px: float = setting(1.5, help="polygon simplification tolerance (pixels)")
     max_vertices: int | None = setting(64, help="vertices per polygon at most (null: no limit)")
+    refine: str = setting(
+        "lung+opacity",
+        choices=CAM_REFINEMENTS,
+        help=(
+            "how a CAM becomes a mask (camlabel.cam.refine; the lung ones need a lung field "
+            "and are 'none'/'grabcut' without one)"
+        ),
+    )
 
 
 @dataclass(frozen=True)

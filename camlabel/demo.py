@@ -173,7 +173,12 @@ def run_demo(
     # 3. Grad-CAM ---------------------------------------------------------------------------
     t = _step(log, "3/9 Grad-CAM heatmaps -> pre-annotation polygons")
     cam = run_gradcam(
-        ws, model, [train_dir / "metadata.csv"], all_images=s.cam_all_images, progress=progress
+        ws,
+        model,
+        [train_dir / "metadata.csv"],
+        all_images=s.cam_all_images,
+        progress=progress,
+        lung_masks=train_dir / "lung_masks",  # the lung field of cam.refine's default
     )
     hits, lesion_imgs = 0, 0
     by_path = {r.source_path: r for r in ws.ledger.all()}

@@ -11,6 +11,7 @@ interrupted pull is simply redone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -38,18 +39,62 @@ def push_jobs(
     include_all: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    select: int | None = None,
+    strategy: str = "uncertainty",
+    round: int | None = None,
+    seed: int = 0,
 ) -> PushReport:
     """Publish images that have a pre-annotation (or all registered images with ``include_all``).
 
     Job ids are committed to the ledger after every chunk the backend confirms; the backend
     itself skips images already present on its side, so a re-run after any interruption
     publishes nothing twice.
+
+    ``select=N`` publishes only the ``N`` not-yet-published images that ``strategy``
+    (:mod:`camlabel.active`) ranks first, with their score as the task's priority. Each newly
+    published image records its ``round`` (default: one more than the highest round already
+    published to this backend, 1 at first); images already published keep theirs.
     """
-    items = [
-        _push_item(ws, rec, backend)
+    candidates = [
+        rec
         for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id)
         if include_all or rec.preannotation is not None
     ]
+    round_no = round if round is not None else _next_round(ws, backend)
+    if round_no < 1:
+        raise UsageError(f"--round must be at least 1. Received: {round_no}")
+    priority: dict[str, float] = {}
+    if select is not None:
+        from camlabel.active import select_images
+
+        fresh = [rec for rec in candidates if backend not in rec.jobs]
+        # a re-run of the same round tops the round up to N instead of adding N more
+        quota = select - sum(
+            1 for rec in candidates if (j := rec.jobs.get(backend)) and j.round == round_no
+        )
+        chosen = select_images(fresh, quota, strategy, seed=seed) if fresh and quota > 0 else []
+        priority = {s.record.image_id: s.score for s in chosen}
+        candidates = [s.record for s in chosen]
+    items = [
+        dataclasses.replace(_push_item(ws, rec, backend), priority=priority.get(rec.image_id))
+        for rec in candidates
+    ]
+    run_settings = {
+        "backend": backend,
+        "include_all": include_all,
+        "dry_run": dry_run,
+        "select": select,
+        "strategy": strategy if select is not None else None,
+        "round": round_no,
+        "seed": seed,
+    }
+    if select is not None and not items:  # the round is full, or every image is published
+        ws.record_run(
+            "push-jobs",
+            run_settings,
+            result={"project": None, "pushed": 0, "already_present": 0, "failures": 0},
+        )
+        return PushReport()
     if not items:
         raise UsageError(
             "nothing to push: no image in the ledger has a pre-annotation",
@@ -63,7 +108,13 @@ def push_jobs(
         with ws.ledger.transaction() as txn:
             for image_id, job in jobs.items():
                 rec = txn.get(image_id)
-                if rec is not None and rec.jobs.get(backend) != job:
+                if rec is None:
+                    continue
+                old = rec.jobs.get(backend)
+                if job.round is None:
+                    kept = old.round if old is not None and old.round is not None else None
+                    job = dataclasses.replace(job, round=kept if kept is not None else round_no)
+                if old != job:
                     txn.put(rec.with_job(job))
 
     report = be.push(items, dry_run=dry_run, progress=progress, on_pushed=on_pushed)
@@ -71,7 +122,7 @@ def push_jobs(
         on_pushed({**report.already_present, **report.pushed})
     ws.record_run(
         "push-jobs",
-        {"backend": backend, "include_all": include_all, "dry_run": dry_run, **be.describe()},
+        {**run_settings, **be.describe()},
         result={
             "project": report.project,
             "pushed": len(report.pushed),
@@ -80,6 +131,16 @@ def push_jobs(
         },
     )
     return report
+
+
+def _next_round(ws: Workspace, backend: str) -> int:
+    """One more than the highest round published to ``backend`` (1 when none is recorded)."""
+    rounds = [
+        job.round
+        for rec in ws.ledger.all()
+        if (job := rec.jobs.get(backend)) is not None and job.round is not None
+    ]
+    return max(rounds, default=0) + 1
 
 
 def _push_item(ws: Workspace, rec: ImageRecord, backend: str) -> PushItem:
@@ -411,6 +472,78 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
             "agreement_dice_mean": statistics.fmean(agree) if agree else None,
             "multi_annotator": len(agree),
         },
+        "rounds": round_telemetry(ws, recs),
+    }
+
+
+def round_telemetry(ws: Workspace, recs: list[ImageRecord]) -> dict[str, Any]:
+    """Effort per labeling round (``JobRef.round``; ``"unknown"`` for images published before
+    rounds were recorded): how close the pre-annotations came to what annotators returned.
+
+    Per round: images published and masked, the pre-annotation sources, pre-annotation vs final
+    mask IoU (median, mean, quartiles, share >= 0.8), the share of annotations accepted
+    unchanged, the edited area ``|pre XOR final| / |final|`` (median, mean) and the median
+    lead time.
+    """
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.imaging import read_mask_png
+
+    groups: dict[str, list[ImageRecord]] = {}
+    for rec in recs:
+        rounds = [j.round for j in rec.jobs.values() if j.round is not None]
+        if rec.jobs:
+            groups.setdefault(str(min(rounds)) if rounds else "unknown", []).append(rec)
+    out: dict[str, Any] = {}
+    for key in sorted(groups, key=lambda k: (k == "unknown", int(k) if k.isdigit() else 0)):
+        group = groups[key]
+        ious, edited = [], []
+        for rec in group:
+            if rec.mask is None or rec.preannotation is None:
+                continue
+            if rec.mask.preannotation_iou is not None:
+                ious.append(rec.mask.preannotation_iou)
+            final = read_mask_png(ws.abs(rec.mask.path))
+            if final.any():
+                polys = [PolygonPx.from_json(p) for p in rec.preannotation.polygons]
+                pre = polygons_to_mask(polys, rec.height, rec.width) if polys else final & False
+                edited.append(float((pre ^ final).sum() / final.sum()))
+        subs = [a for r in group for a in r.annotations if a.status == "submitted"]
+        accepted = [a.accepted_unchanged for a in subs if a.accepted_unchanged is not None]
+        lead = [a.lead_time_s for a in subs if a.lead_time_s is not None]
+        out[key] = {
+            "published": len(group),
+            "masked": sum(1 for r in group if r.mask is not None),
+            "sources": _count(_source_name(r) for r in group),
+            "preannotation_iou": _distribution(ious),
+            "preannotation_iou_ge_0_8_share": (
+                sum(1 for v in ious if v >= 0.8) / len(ious) if ious else None
+            ),
+            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
+            "edited_area": _distribution(edited),
+            "lead_time_s_median": statistics.median(lead) if lead else None,
+        }
+    return out
+
+
+def _source_name(rec: ImageRecord) -> str | None:
+    pre = rec.preannotation
+    if pre is None:
+        return None
+    if pre.source == "segmenter":
+        return f"segmenter {pre.model_version}"
+    return f"{pre.source}+{pre.refine}" if pre.refine else pre.source
+
+
+def _distribution(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    q1, q2, q3 = (float(v) for v in np.quantile(values, [0.25, 0.5, 0.75]))
+    return {
+        "n": len(values),
+        "mean": round(statistics.fmean(values), 4),
+        "q1": round(q1, 4),
+        "median": round(q2, 4),
+        "q3": round(q3, 4),
     }
 
 

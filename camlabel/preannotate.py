@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from camlabel.records import Heatmap, ImageRecord, Preannotation, Prediction
 
 if TYPE_CHECKING:
     from camlabel.imaging import Letterbox, LoadedImage
+    from camlabel.lungs import LungFields
     from camlabel.workspace import Workspace
 
 PREANNOTATION_REPLACEABLE_STATES = ("registered", "preannotated")
@@ -145,6 +147,42 @@ def preannotation_from_map(
     )
 
 
+def preannotation_from_mask(
+    mask: np.ndarray,
+    *,
+    settings: Mapping[str, Any],
+    source: str,
+    model_version: str,
+    score: float | None = None,
+    threshold: float | str | None = None,
+    refine: str | None = None,
+) -> Preannotation:
+    """A bool HxW mask at ORIGINAL image resolution -> ``Preannotation`` polygons.
+
+    The path of refined CAMs (:func:`camlabel.cam.refine.refine_cam`): the mask is already
+    decided, so only ``min_area_fraction``, ``epsilon_px`` and ``max_vertices`` of
+    ``settings`` apply. ``threshold`` is recorded as given (default: ``settings["threshold"]``).
+    """
+    from camlabel.geometry import mask_to_polygons
+
+    m = np.asarray(mask, bool)
+    h, w = m.shape
+    polys = mask_to_polygons(
+        m,
+        min_area_px=float(settings["min_area_fraction"]) * h * w,
+        epsilon_px=float(settings["epsilon_px"]),
+        max_vertices=settings.get("max_vertices"),
+    )
+    return Preannotation(
+        polygons=tuple(p.to_json() for p in polys),
+        source=source,
+        model_version=model_version,
+        threshold=settings["threshold"] if threshold is None else threshold,
+        score=None if score is None else round(float(score), 6),
+        refine=refine,
+    )
+
+
 def load_heatmap(ws: Workspace, record: ImageRecord) -> np.ndarray:
     """A record's stored heatmap mapped back to its original resolution (float32 HxW).
 
@@ -224,6 +262,9 @@ def run_gradcam(
     all_images: bool = False,
     target: str | None = None,
     progress: bool = False,
+    refine: str | None = None,
+    lung_masks: str | Path | None = None,
+    lung_model: str | Path | None = None,
 ) -> GradcamSummary:
     """Register images, compute fused CAMs in batches, write heatmaps/overlays, update the ledger.
 
@@ -237,14 +278,25 @@ def run_gradcam(
     whose file exists) are skipped; the ledger is written after every batch. An existing
     pre-annotation is replaced only while the image is not yet pushed or annotated, and
     only if it came from a CAM method. Unreadable images are reported in ``failures``.
+
+    ``refine`` (default: the workspace's ``cam.refine``) turns each CAM into its mask
+    (:mod:`camlabel.cam.refine`); the lung refinements take each image's lung field from
+    ``lung_masks`` (a folder, matched by relative path) or else the ``lung_model`` segmenter,
+    and fall back to their lung-free variant where neither has one (the pre-annotation's
+    ``refine`` says which ran). An image whose pre-annotation came from another refinement is
+    done again.
     """
     from camlabel.cam import get_cam_method
+    from camlabel.cam.refine import get_refinement
     from camlabel.imaging import read_image, write_png_atomic
     from camlabel.progress import progress_bar
 
-    settings = cam_settings(ws, method=method, fusion=fusion)
+    settings = cam_settings(ws, method=method, fusion=fusion, refine=refine)
     method_name = str(settings["method"])
     cam_cls = get_cam_method(method_name)
+    refine_name = str(settings["refine"])
+    get_refinement(refine_name)  # an unknown name fails before any work
+    lungs = _open_lungs(refine_name, lung_masks, lung_model)
     clf = load_classifier(model_path)
     target_idx = -1
     if target is not None:
@@ -254,6 +306,8 @@ def run_gradcam(
             )
         target_idx = clf.classes.index(target)
     listing = resolve_inputs(inputs, clf.classes)
+    # records keep resolved source paths; lung masks are matched by the path under its input
+    rel_by_source = {str(Path(k).resolve()): v for k, v in listing.relpaths.items()}
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
     )
@@ -273,6 +327,7 @@ def run_gradcam(
             and hm.method == method_name
             and hm.fusion == str(settings["fusion"])
             and ws.abs(hm.path).is_file()
+            and _refined_as(rec.preannotation, refine_name, lungs)
         ):
             summary.skipped += 1
         else:
@@ -318,17 +373,27 @@ def run_gradcam(
                 png = heat_dir / f"{rec.image_id}.png"
                 _save_npy_atomic(npy, grid.astype(np.float16))
                 wants = all_images or pred.predicted_class in lesion
-                pre = (
-                    preannotation_from_map(
+                pre = None
+                if wants and refine_name == "none":
+                    pre = preannotation_from_map(
                         heat,
                         settings=settings,
                         source=method_name,
                         model_version=clf.model_version,
                         score=pred.probability,
                     )
-                    if wants
-                    else None
-                )
+                elif wants:
+                    rel = rel_by_source.get(rec.source_path, Path(rec.source_path).name)
+                    pre = refined_preannotation(
+                        heat,
+                        img,
+                        settings=settings,
+                        lungs=lungs,
+                        relpath=rel,
+                        source=method_name,
+                        model_version=clf.model_version,
+                        score=pred.probability,
+                    )
                 target_class = clf.classes[int(result.targets[i])]
                 label = f"{pred.predicted_class} {pred.probability:.2f} | {method_name} -> {target_class}"
                 write_png_atomic(
@@ -353,6 +418,68 @@ def run_gradcam(
             bar.update(len(chunk))
     _record_gradcam_run(ws, clf, settings, batch_size, all_images, target, summary)
     return summary
+
+
+def _open_lungs(
+    refine: str, lung_masks: str | Path | None, lung_model: str | Path | None
+) -> LungFields:
+    from camlabel.cam.refine import NEEDS_LUNG
+    from camlabel.lungs import LungFields
+
+    if refine in NEEDS_LUNG:
+        return LungFields.open(lung_masks, lung_model)
+    return LungFields()
+
+
+def _refined_as(pre: Preannotation | None, refine: str, lungs: LungFields) -> bool:
+    """Whether a stored pre-annotation (or its absence) needs no redo for ``refine``: made by
+    it, or by its lung-free fallback while no lung field is given."""
+    if pre is None:
+        return True
+    done = pre.refine or "none"
+    return done == refine or (not lungs.available and done == _fallback(refine))
+
+
+def _fallback(refine: str) -> str:
+    """What a lung refinement becomes without a lung field."""
+    from camlabel.cam.refine import LUNG_FREE
+
+    return LUNG_FREE.get(refine, refine)
+
+
+def refined_preannotation(
+    heat: np.ndarray,
+    image: LoadedImage,
+    *,
+    settings: Mapping[str, Any],
+    lungs: LungFields,
+    relpath: str,
+    source: str,
+    model_version: str,
+    score: float | None = None,
+) -> Preannotation:
+    """A CAM at the image's resolution -> refined mask (``settings["refine"]``) -> polygons.
+
+    The lung field comes from ``lungs`` (for the lung refinements); without one, the lung
+    refinement falls back to its lung-free variant, and the record says so in ``refine``.
+    """
+    from camlabel.cam.refine import NEEDS_LUNG, refine_cam
+
+    name = str(settings["refine"])
+    lung = None
+    if name in NEEDS_LUNG:
+        lung, _, _ = lungs.get(relpath, image)
+        if lung is None or not lung.any():
+            name, lung = _fallback(name), None
+    mask = refine_cam(heat, image.display, method=name, threshold=settings["threshold"], lung=lung)
+    return preannotation_from_mask(
+        mask,
+        settings=settings,
+        source=source,
+        model_version=model_version,
+        score=score,
+        refine=name,
+    )
 
 
 def _gradcam_update(
@@ -399,3 +526,211 @@ def _record_gradcam_run(
         result={k: v for k, v in summary.to_json().items() if k != "failures"}
         | {"failed": len(summary.failures)},
     )
+
+
+# ------------------------------------------------------------------ preannotate --from
+PREANNOTATION_SOURCES = ("cam", "segmenter")
+
+
+@dataclass
+class PreannotateSummary:
+    """What :func:`run_preannotate` did (``to_json`` for ``--json``)."""
+
+    source: str
+    model_version: str | None = None
+    candidates: int = 0
+    preannotated: int = 0
+    unchanged: int = 0
+    empty: int = 0
+    skipped_annotated: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "model_version": self.model_version,
+            "candidates": self.candidates,
+            "preannotated": self.preannotated,
+            "unchanged": self.unchanged,
+            "empty": self.empty,
+            "skipped_annotated": self.skipped_annotated,
+            "failures": [list(f) for f in self.failures],
+        }
+
+
+def run_preannotate(
+    ws: Workspace,
+    source: str,
+    model: str | Path | None = None,
+    images: Sequence[str | Path] = (),
+    *,
+    refine: str | None = None,
+    lung_masks: str | Path | None = None,
+    lung_model: str | Path | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> PreannotateSummary:
+    """Pre-annotations for the images not yet published or annotated, from ``source``:
+
+    - ``"cam"``: each image's stored heatmap (``camlabel gradcam``) through the CAM settings
+      and ``refine`` (:func:`refined_preannotation`) - no model needed; images predicted as a
+      lesion class (or already pre-annotated) only;
+    - ``"segmenter"``: the ``model`` segmenter's probability map at the original resolution,
+      thresholded at its own threshold (polygons with holes where the map has them); the
+      pre-annotation records the model version and its uncertainty (mean binary entropy).
+
+    ``images`` (files, folders, ``metadata.csv``) are registered first and limit the work to
+    them; without, every record in the ledger is a candidate. Idempotent: an image whose
+    pre-annotation already comes from the same source, model version (and refinement) is left
+    as is; published or annotated images are never touched.
+    """
+    from camlabel.imaging import read_image
+
+    if source not in PREANNOTATION_SOURCES:
+        raise UsageError(
+            f"--from must be one of {list(PREANNOTATION_SOURCES)}. Received: {source!r}"
+        )
+    summary = PreannotateSummary(source=source)
+    relpaths: dict[str, str] = {}
+    if images:
+        listing = resolve_inputs(images, ws.classes)
+        records, failures = ws.register_images(
+            listing.paths, labels=listing.labels, patient_ids=listing.patient_ids
+        )
+        summary.failures.extend(failures)
+        wanted = {r.image_id for r in records}
+        relpaths = {str(Path(k).resolve()): v for k, v in listing.relpaths.items()}
+        candidates = [r for r in ws.ledger.all() if r.image_id in wanted]
+    else:
+        candidates = ws.ledger.all()
+    todo = []
+    for rec in sorted(candidates, key=lambda r: r.image_id):
+        if rec.state not in PREANNOTATION_REPLACEABLE_STATES:
+            summary.skipped_annotated += 1
+        else:
+            todo.append(rec)
+    summary.candidates = len(todo)
+    if source == "segmenter":
+        if model is None:
+            raise UsageError(
+                "--from segmenter needs the segmenter MODEL (a train-seg model folder)",
+                hint="camlabel preannotate -w WS --from segmenter WS/models/<run>",
+            )
+        pres = _segmenter_preannotations(ws, model, todo, summary, batch_size, progress)
+    else:
+        settings = cam_settings(ws, refine=refine)
+        lungs = _open_lungs(str(settings["refine"]), lung_masks, lung_model)
+        lesion = set(ws.lesion_classes)
+        pres = {}
+        for rec in todo:
+            if rec.heatmap is None or not (
+                rec.preannotation is not None
+                or (rec.prediction is not None and rec.prediction.predicted_class in lesion)
+            ):
+                continue
+            if _same_cam_preannotation(rec, settings, lungs):
+                summary.unchanged += 1
+                continue
+            try:
+                img = read_image(rec.source_path)
+            except ImageReadError as exc:
+                summary.failures.append((rec.source_path, exc.message))
+                continue
+            pres[rec.image_id] = refined_preannotation(
+                load_heatmap(ws, rec),
+                img,
+                settings=settings,
+                lungs=lungs,
+                relpath=relpaths.get(rec.source_path, Path(rec.source_path).name),
+                source=rec.heatmap.method,
+                model_version=rec.heatmap.model_version,
+                score=rec.prediction.probability if rec.prediction else None,
+            )
+    with ws.ledger.transaction() as txn:
+        for image_id, pre in pres.items():
+            cur = txn.get(image_id)
+            if cur is None or cur.state not in PREANNOTATION_REPLACEABLE_STATES:
+                continue
+            txn.put(cur.evolve(preannotation=pre))
+            summary.preannotated += 1
+            summary.empty += not pre.polygons
+    ws.record_run(
+        "preannotate",
+        {
+            "from": source,
+            "model": str(Path(model).resolve()) if model else None,
+            "refine": refine,
+            "lung_masks": str(lung_masks) if lung_masks else None,
+            "lung_model": str(lung_model) if lung_model else None,
+            "images": len(images),
+        },
+        model_version=summary.model_version,
+        result={k: v for k, v in summary.to_json().items() if k != "failures"}
+        | {"failed": len(summary.failures)},
+    )
+    return summary
+
+
+def _same_cam_preannotation(
+    rec: ImageRecord, settings: Mapping[str, Any], lungs: LungFields
+) -> bool:
+    pre, hm = rec.preannotation, rec.heatmap
+    return (
+        pre is not None
+        and hm is not None
+        and pre.source == hm.method
+        and pre.model_version == hm.model_version
+        and pre.refine is not None
+        and _refined_as(pre, str(settings["refine"]), lungs)
+    )
+
+
+def _segmenter_preannotations(
+    ws: Workspace,
+    model: str | Path,
+    todo: Sequence[ImageRecord],
+    summary: PreannotateSummary,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Preannotation]:
+    from camlabel.active import binary_entropy_mean
+    from camlabel.imaging import read_image
+    from camlabel.models.segmenter import load_segmenter, segment_probability
+    from camlabel.progress import progress_bar
+
+    seg = load_segmenter(model)
+    summary.model_version = seg.version
+    settings = dict(cam_settings(ws)) | {"threshold": float(seg.threshold)}
+    work = []
+    for rec in todo:
+        pre = rec.preannotation
+        if pre is not None and pre.source == "segmenter" and pre.model_version == seg.version:
+            summary.unchanged += 1
+        else:
+            work.append(rec)
+    out: dict[str, Preannotation] = {}
+    step = max(1, batch_size)
+    with progress_bar(total=len(work), desc="segmenter", enabled=progress, unit="img") as bar:
+        for start in range(0, len(work), step):
+            chunk = work[start : start + step]
+            loaded = []
+            for rec in chunk:
+                try:
+                    loaded.append((rec, read_image(rec.source_path)))
+                except ImageReadError as exc:
+                    summary.failures.append((rec.source_path, exc.message))
+            probs = segment_probability(seg, [img for _, img in loaded], batch_size=step)
+            for (rec, _), prob in zip(loaded, probs, strict=True):
+                pre = preannotation_from_map(
+                    prob,
+                    settings=settings,
+                    source="segmenter",
+                    model_version=seg.version,
+                    score=float(prob.max()) if prob.size else None,
+                    absolute=True,
+                )
+                out[rec.image_id] = dataclasses.replace(
+                    pre, uncertainty=round(binary_entropy_mean(prob), 6)
+                )
+            bar.update(len(chunk))
+    return out

@@ -119,6 +119,9 @@ class Prediction(_Record):
     probability: float
     probabilities: dict[str, float]
     model_version: str
+    #: each ensemble member's class probabilities (``{member: {class: p}}``), for the
+    #: ``committee`` selection strategy (camlabel.active); None where not recorded
+    members: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Prediction:
@@ -139,6 +142,12 @@ class Preannotation(_Record):
     threshold: float | str | None = None
     score: float | None = None
     created_at: str = field(default_factory=utcnow)
+    #: how a CAM became the polygons (``camlabel.cam.refine``: none, lung, grabcut,
+    #: lung+grabcut); None for other sources and for records written before refinements
+    refine: str | None = None
+    #: the source's own uncertainty (a segmenter: mean binary entropy of its probability map,
+    #: bits), for the ``uncertainty`` selection strategy (camlabel.active)
+    uncertainty: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "polygons", _validate_polygons(self.polygons, "preannotation"))
@@ -157,6 +166,8 @@ class JobRef(_Record):
     task: str | None = None
     pushed_at: str = field(default_factory=utcnow)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the labeling round the image was published in (1, 2, ...); None before rounds existed
+    round: int | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> JobRef:

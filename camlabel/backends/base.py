@@ -42,6 +42,7 @@ class PushItem:
         display_png: the 8-bit PNG named ``<image_id>.png`` (no DICOM tag, no source path).
         preannotation: polygons in original-image pixels, or None for an empty task.
         existing: the JobRef the ledger already holds for this backend, if any.
+        priority: the selection score, see below.
     """
 
     image_id: str
@@ -52,6 +53,9 @@ class PushItem:
     predicted_class: str | None = None
     probability: float | None = None
     existing: JobRef | None = None
+    #: the active-learning score (camlabel.active; higher = label sooner): Label Studio's
+    #: prediction ``score``, Ground Truth's manifest order; None without a selection
+    priority: float | None = None
 
 
 @dataclass

@@ -12,7 +12,9 @@ from camlabel.cli.common import (
     echo_json,
     info,
     json_option,
+    lung_field_options,
     open_workspace,
+    refine_option,
     show_progress,
     workspace_option,
 )
@@ -310,6 +312,8 @@ def _fail_on(failures: list[Any], what: str) -> None:
     help="Pre-annotate every image, not only those predicted as a lesion class.",
 )
 @click.option("--target", default=None, help="Explain this class instead of the predicted one.")
+@refine_option
+@lung_field_options
 @json_option
 def gradcam(
     model: Path,
@@ -320,6 +324,9 @@ def gradcam(
     batch_size: int,
     all_images: bool,
     target: str | None,
+    refine: str | None,
+    lung_masks: Path | None,
+    lung_model: Path | None,
     as_json: bool,
 ) -> None:
     """Grad-CAM heatmaps and pre-annotation polygons for IMAGES (files, folders or a metadata.csv).
@@ -341,6 +348,9 @@ def gradcam(
         all_images=all_images,
         target=target,
         progress=show_progress(),
+        refine=refine,
+        lung_masks=lung_masks,
+        lung_model=lung_model,
     )
     if as_json:
         echo_json(s.to_json())
@@ -360,18 +370,7 @@ def gradcam(
 @click.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--lung-masks",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Folder of lung masks matched by relative path or file name (lung = 255).",
-)
-@click.option(
-    "--lung-model",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="A lung segmenter (train-seg model folder) for the images --lung-masks does not cover.",
-)
+@lung_field_options
 @click.option("--method", type=click.Choice(CAM_METHOD_NAMES), default="gradcam", show_default=True)
 @click.option(
     "--fusion", type=click.Choice(FUSION_NAMES), default="normalize-mean", show_default=True

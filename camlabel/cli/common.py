@@ -71,3 +71,32 @@ def not_implemented(name: str, issue: int) -> None:
         f"'camlabel {name}' is not implemented yet (tracked in issue {issue})",
         hint="see README.md for the commands that work today",
     )
+
+
+def lung_field_options(f: F) -> F:
+    """``--lung-masks DIR`` and ``--lung-model SEG``: where a lung field comes from."""
+    f = click.option(
+        "--lung-model",
+        type=click.Path(exists=True, path_type=Path),
+        default=None,
+        help="A lung segmenter (train-seg model folder) for the images --lung-masks does not cover.",
+    )(f)
+    return click.option(
+        "--lung-masks",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None,
+        help="Folder of lung masks matched by relative path or file name (lung = 255).",
+    )(f)
+
+
+def refine_option(f: F) -> F:
+    """``--refine``: how a CAM becomes a mask (camlabel.cam.refine)."""
+    from camlabel.config import CAM_REFINEMENTS
+
+    return click.option(
+        "--refine",
+        type=click.Choice(CAM_REFINEMENTS),
+        default=None,
+        help="How each CAM becomes a mask [workspace cam.refine: lung+opacity]; the lung ones "
+        "need --lung-masks or --lung-model (else none).",
+    )(f)

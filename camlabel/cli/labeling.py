@@ -17,6 +17,10 @@ from camlabel.cli.common import (
     workspace_option,
 )
 
+# listed here (not imported) so that --help stays light; tests check they match
+# camlabel.active.STRATEGIES
+SELECTION_STRATEGIES = ("random", "uncertainty", "committee")
+
 
 class BackendOptionsCommand(click.Command):
     """A command whose backend flags are generated from the backend registry.
@@ -85,9 +89,40 @@ def _options(**kw: Any) -> dict[str, Any]:
 @click.option(
     "--dry-run", is_flag=True, help="Write what would be sent under WS/exports/ and call nothing."
 )
+@click.option(
+    "--select",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Publish only the N not-yet-published images the --strategy ranks first (active learning).",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(SELECTION_STRATEGIES),
+    default="uncertainty",
+    show_default=True,
+    help="How --select ranks images; the score becomes the task's priority.",
+)
+@click.option(
+    "--round",
+    "round_no",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The labeling round recorded for newly published images [default: the last round + 1]; "
+    "with --select, re-running a round tops it up to N.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
 @json_option
 def push_jobs(
-    workspace: Path, backend: str, include_all: bool, dry_run: bool, as_json: bool, **opts: Any
+    workspace: Path,
+    backend: str,
+    include_all: bool,
+    dry_run: bool,
+    select: int | None,
+    strategy: str,
+    round_no: int | None,
+    seed: int,
+    as_json: bool,
+    **opts: Any,
 ) -> None:
     """Publish pre-annotated images as labeling tasks (idempotent: re-runs add nothing twice)."""
     from camlabel.loop import push_jobs as run
@@ -100,6 +135,10 @@ def push_jobs(
         include_all=include_all,
         dry_run=dry_run,
         progress=show_progress(),
+        select=select,
+        strategy=strategy,
+        round=round_no,
+        seed=seed,
     )
     out = {
         "backend": backend,

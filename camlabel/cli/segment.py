@@ -11,8 +11,10 @@ from camlabel.cli.common import (
     echo_json,
     info,
     json_option,
+    lung_field_options,
     open_workspace,
     print_failures,
+    refine_option,
     show_progress,
     workspace_option,
 )
@@ -355,4 +357,66 @@ def predict(
     print_failures(res.failures, "image")
 
 
-COMMANDS = [train_seg, predict]
+@click.command("preannotate")
+@workspace_option
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["cam", "segmenter"]),
+    required=True,
+    help="cam: the stored Grad-CAM heatmaps (+ --refine); segmenter: MODEL's probability maps.",
+)
+@click.argument("model", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@refine_option
+@lung_field_options
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@json_option
+def preannotate(
+    workspace: Path,
+    source: str,
+    model: Path | None,
+    images: tuple[Path, ...],
+    refine: str | None,
+    lung_masks: Path | None,
+    lung_model: Path | None,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Pre-annotations for images not yet published or annotated, from the CAM or a segmenter.
+
+    --from segmenter MODEL [IMAGES...]: the trained U-Net pre-annotates (the next round);
+    --from cam [IMAGES...]: the stored heatmaps again, e.g. with another --refine. IMAGES
+    (files, folders, metadata.csv) are registered first and limit the work to them.
+    Idempotent: images already pre-annotated by the same source and version are kept.
+    """
+    from camlabel.preannotate import run_preannotate
+
+    if source == "cam" and model is not None:
+        images = (model, *images)  # --from cam takes no model: the first path is an image
+        model = None
+    ws = open_workspace(workspace)
+    s = run_preannotate(
+        ws,
+        source,
+        model,
+        list(images),
+        refine=refine,
+        lung_masks=lung_masks,
+        lung_model=lung_model,
+        batch_size=batch_size,
+        progress=show_progress(),
+    )
+    if as_json:
+        echo_json(s.to_json())
+    else:
+        click.echo(
+            f"{source}: {s.preannotated} image(s) pre-annotated ({s.empty} without a region), "
+            f"{s.unchanged} unchanged, {s.skipped_annotated} already published/annotated"
+        )
+        print_failures(s.failures, "image")
+    if s.failures:
+        raise SystemExit(1)
+
+
+COMMANDS = [train_seg, predict, preannotate]

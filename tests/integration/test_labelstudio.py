@@ -521,3 +521,58 @@ def test_upload_mode_for_a_remote_server(ls_server: LSServer, tmp_path: Path) ->
     again = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
     assert not again.pushed and len(again.already_present) == 3
     assert len(_project_tasks(ls_server, report.project)) == 3
+
+
+@pytest.mark.server
+def test_two_rounds_go_to_one_project_with_scores_and_a_brush_for_holes(
+    ls_server: LSServer, tmp_path: Path
+) -> None:
+    """Round 1 (2 images chosen by uncertainty), round 2 (the rest, one of them with a
+    segmenter pre-annotation that has a hole): one project, the selection score as the
+    prediction score, the holed region as brush RLE whose pixels are the polygon's."""
+    from camlabel.backends.labelstudio.convert import brush_rle_to_mask
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.records import Preannotation, Prediction
+
+    ws, records = phantom_workspace(tmp_path, 4)
+    ws.config["labelstudio"]["project_title"] = f"rounds-{uuid.uuid4().hex[:8]}"
+    probs = [(0.9, 0.05, 0.05), (0.34, 0.33, 0.33), (0.5, 0.4, 0.1), (0.7, 0.2, 0.1)]
+    ring = {
+        "exterior": [[10.0, 10.0], [60.0, 10.0], [60.0, 60.0], [10.0, 60.0]],
+        "holes": [[[25.0, 25.0], [45.0, 25.0], [45.0, 45.0], [25.0, 45.0]]],
+    }
+    holed = records[0].image_id
+    with ws.ledger.transaction() as txn:
+        for rec, p in zip(records, probs, strict=True):
+            d = dict(zip(("covid", "pneumonia", "normal"), p, strict=True))
+            cur = txn.get(rec.image_id)
+            assert cur is not None
+            cur = cur.evolve(prediction=Prediction(max(d, key=d.__getitem__), max(p), d, "m1"))
+            if rec.image_id == holed:
+                cur = cur.evolve(
+                    preannotation=Preannotation((ring,), "segmenter", "seg-1", uncertainty=0.3)
+                )
+            txn.put(cur)
+    opts = ls_server.options()
+    first = loop.push_jobs(ws, "labelstudio", options=opts, select=2, progress=False)
+    second = loop.push_jobs(ws, "labelstudio", options=opts, select=2, progress=False)
+    assert first.project == second.project and len(first.pushed) == len(second.pushed) == 2
+    ledger = {r.image_id: r for r in ws.ledger.all()}
+    assert sorted(r.jobs["labelstudio"].round for r in ledger.values()) == [1, 1, 2, 2]
+    tasks = {t["data"]["camlabel_image_id"]: t for t in _project_tasks(ls_server, first.project)}
+    assert len(tasks) == 4
+    for image_id, task in tasks.items():
+        (pred,) = task["predictions"]
+        rec = ledger[image_id]
+        assert rec.prediction is not None
+        if image_id == holed:
+            assert pred["score"] == pytest.approx(0.3)  # the segmenter's own uncertainty
+            (brush,) = [r for r in pred["result"] if r["type"] == "brushlabels"]
+            got = brush_rle_to_mask(brush["value"]["rle"], rec.height, rec.width)
+            want = polygons_to_mask([PolygonPx.from_json(ring)], rec.height, rec.width)
+            assert np.array_equal(got, want) and not got[35, 35]
+        else:
+            from camlabel.active import normalized_entropy
+
+            want_score = normalized_entropy(rec.prediction.probabilities)
+            assert pred["score"] == pytest.approx(want_score, abs=1e-5)

@@ -90,9 +90,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_sees_deferred_imports() -> None:
     graph = import_graph()
-    # predict imports classify at module level, audit imports the segmenter inside run_audit
+    # predict imports classify at module level, lungs imports the segmenter inside LungFields
     assert "camlabel.classify" in graph["camlabel.predict"]
-    assert "camlabel.models.segmenter" in graph["camlabel.audit"]
+    assert "camlabel.models.segmenter" in graph["camlabel.lungs"]
 
 
 def test_find_cycle_reports_a_cycle() -> None:

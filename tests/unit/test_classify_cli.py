@@ -387,7 +387,7 @@ def test_audit_takes_the_lung_field_from_a_segmenter_where_no_mask_exists(
 
 
 def test_lung_field_keeps_the_two_lungs_and_drops_islands() -> None:
-    from camlabel.audit import lung_field
+    from camlabel.lungs import lung_field
 
     m = np.zeros((60, 80), bool)
     m[10:50, 5:30] = True  # right lung, 1000 px
@@ -402,3 +402,70 @@ def test_lung_field_keeps_the_two_lungs_and_drops_islands() -> None:
     one[0, 0] = True
     assert lung_field(one).sum() == 100  # a single lung plus a speck: the speck goes
     assert not lung_field(np.zeros((4, 4), bool)).any()
+
+
+def test_gradcam_refines_inside_the_lung_field_and_redoes_on_another_refinement(
+    tmp_path: Path, phantoms: Path, model_path: Path
+) -> None:
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.imaging import read_mask_png
+
+    ws = Workspace.init(tmp_path / "ws")
+    base = ["gradcam", str(model_path), str(phantoms / "metadata.csv"), "-w", str(ws.root)]
+    lungs = ["--lung-masks", str(phantoms / "lung_masks")]
+    r = CliRunner().invoke(cli, [*base, "--all", "--refine", "lung+grabcut", *lungs, "--json"])
+    assert r.exit_code == 0, r.output
+    assert (_json(r)["processed"], _json(r)["preannotated"]) == (9, 9)
+    for rec in ws.ledger.all():
+        pre = rec.preannotation
+        assert pre is not None and (pre.source, pre.refine) == ("gradcam", "lung+grabcut")
+        rel = Path(rec.source_path).relative_to(phantoms / "images")
+        lung = read_mask_png(phantoms / "lung_masks" / rel)
+        polys = [PolygonPx.from_json(p) for p in pre.polygons]
+        drawn = polygons_to_mask(polys, rec.height, rec.width) if polys else lung & False
+        assert (drawn & ~lung).sum() <= 0.05 * max(1, drawn.sum())  # simplification only
+    assert sum(1 for _ in ws.ledger.runs("gradcam")) == 1
+
+    # another refinement redoes the pre-annotations; without a lung field "lung" is "none"
+    again = CliRunner().invoke(cli, [*base, "--all", "--refine", "lung", "--json"])
+    assert again.exit_code == 0, again.output
+    assert _json(again)["processed"] == 9
+    assert {r.preannotation.refine for r in ws.ledger.all()} == {"none"}  # type: ignore[union-attr]
+    same = CliRunner().invoke(cli, [*base, "--all", "--refine", "lung", "--json"])
+    assert (_json(same)["processed"], _json(same)["skipped"]) == (0, 9)
+
+
+def test_preannotate_from_cam_refines_the_stored_heatmaps_again(
+    gradcam_workspace: Workspace, phantoms: Path
+) -> None:
+    """Runs after the tests that read gradcam_workspace's Grad-CAM polygons (file order)."""
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.imaging import read_mask_png
+
+    ws = gradcam_workspace
+    assert {r.preannotation.refine for r in ws.ledger.all()} == {"none"}  # type: ignore[union-attr]
+    args = ["preannotate", "-w", str(ws.root), "--from", "cam", "--refine", "lung+opacity"]
+    args += ["--lung-masks", str(phantoms / "lung_masks"), "--json"]
+    r = CliRunner().invoke(cli, [*args, str(phantoms / "metadata.csv")])
+    assert r.exit_code == 0, r.output
+    assert _json(r)["preannotated"] == 9
+    for rec in ws.ledger.all():
+        pre = rec.preannotation
+        assert pre is not None and (pre.source, pre.refine) == ("gradcam", "lung+opacity")
+        assert pre.model_version == rec.heatmap.model_version  # type: ignore[union-attr]
+        rel = Path(rec.source_path).relative_to(phantoms / "images")
+        lung = read_mask_png(phantoms / "lung_masks" / rel)
+        polys = [PolygonPx.from_json(p) for p in pre.polygons]
+        drawn = polygons_to_mask(polys, rec.height, rec.width) if polys else lung & False
+        assert (drawn & ~lung).sum() <= 0.05 * max(1, drawn.sum())
+    again = CliRunner().invoke(cli, args)
+    assert (_json(again)["preannotated"], _json(again)["unchanged"]) == (0, 9)
+    # a lung segmenter as the lung field (here one that calls everything lung): "lung" runs
+    from tests.seg_factory import make_constant_segmenter
+
+    seg = make_constant_segmenter(phantoms.parent / "const-lung-seg")
+    args = ["preannotate", "-w", str(ws.root), "--from", "cam", "--refine", "lung"]
+    r = CliRunner().invoke(cli, [*args, "--lung-model", str(seg), "--json"])
+    assert r.exit_code == 0, r.output
+    assert _json(r)["preannotated"] == 9
+    assert {rec.preannotation.refine for rec in ws.ledger.all()} == {"lung"}  # type: ignore[union-attr]

@@ -88,6 +88,7 @@ def test_cam_settings_reads_workspace_and_env(
         "min_area_fraction": 0.002,
         "epsilon_px": 3.0,
         "max_vertices": 64,
+        "refine": "lung+opacity",
     }
     assert ws.settings.cam.threshold == 0.25
 

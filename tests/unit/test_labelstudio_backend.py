@@ -39,9 +39,7 @@ def test_label_config_has_the_controls_the_backend_reads() -> None:
 
 def test_prediction_is_percent_of_the_original_size(backend: LabelStudioBackend) -> None:
     pre = Preannotation(
-        polygons=(
-            {"exterior": [[0, 0], [200, 0], [200, 100]], "holes": [[[1, 1], [2, 1], [2, 2]]]},
-        ),
+        polygons=({"exterior": [[0, 0], [200, 0], [200, 100]], "holes": []},),
         source="gradcam",
         model_version="m1",
         score=0.4,
@@ -65,6 +63,29 @@ def test_prediction_is_percent_of_the_original_size(backend: LabelStudioBackend)
     assert poly["value"]["points"] == [[0.0, 0.0], [100.0, 0.0], [100.0, 100.0]]
     assert (poly["original_width"], poly["original_height"]) == (200, 100)
     assert choice["value"] == {"choices": ["covid"]}
+
+
+def test_a_preannotation_with_holes_goes_out_as_one_brush_region(
+    backend: LabelStudioBackend,
+) -> None:
+    from camlabel.backends.labelstudio.convert import brush_rle_to_mask
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+
+    ring = {
+        "exterior": [[10, 5], [50, 5], [50, 35], [10, 35]],
+        "holes": [[[20, 15], [30, 15], [30, 25], [20, 25]]],
+    }
+    other = {"exterior": [[55, 5], [60, 5], [60, 10]], "holes": []}
+    pre = Preannotation(polygons=(ring, other), source="segmenter", model_version="seg-1")
+    item = PushItem("b" * 64, 64, 40, backend.workspace.root / "b.png", preannotation=pre)
+    (pred,) = backend.task_payload(item, "/x")["predictions"]
+    (brush,) = pred["result"]
+    assert brush["type"] == "brushlabels" and brush["from_name"] == "lesion_brush"
+    assert brush["value"]["brushlabels"] == [backend.lesion_label]
+    assert (brush["original_width"], brush["original_height"]) == (64, 40)
+    got = brush_rle_to_mask(brush["value"]["rle"], 40, 64)
+    want = polygons_to_mask([PolygonPx.from_json(p) for p in (ring, other)], 40, 64)
+    assert np.array_equal(got, want) and not got[20, 25] and got[10, 15]  # the hole stays open
 
 
 def _poly(points_pct, w=50, h=40, origin="manual"):

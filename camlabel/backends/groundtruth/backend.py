@@ -165,7 +165,9 @@ class GroundTruthBackend(Backend):
         """Publish ``items`` (those without a Ground Truth job yet) as one labeling job."""
         report = PushReport()
         new: list[PushItem] = []
-        for item in sorted(items, key=lambda i: i.image_id):
+        # the manifest order is the labeling order: the selection's best first (if any)
+        order = sorted(items, key=lambda i: (i.priority is None, -(i.priority or 0.0), i.image_id))
+        for item in order:
             if item.existing is not None and item.existing.backend == self.name:
                 report.already_present[item.image_id] = item.existing
             else:

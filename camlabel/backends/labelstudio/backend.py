@@ -55,7 +55,7 @@ from camlabel.backends.base import (
     TaskOutcome,
 )
 from camlabel.backends.labelstudio.client import same_server
-from camlabel.backends.labelstudio.convert import convert_annotation, prediction_for
+from camlabel.backends.labelstudio.convert import brush_result, convert_annotation, prediction_for
 from camlabel.backends.labelstudio.tasks import (
     POLYGON_FROM,
     PULL_INCLUDE,
@@ -73,7 +73,7 @@ from camlabel.errors import (
     CamlabelError,
     ConfigError,
 )
-from camlabel.records import JobRef
+from camlabel.records import JobRef, Preannotation
 
 if TYPE_CHECKING:
     import httpx
@@ -152,6 +152,9 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         self._http: httpx.Client | None = None
         self._project_id: int | None = None
         self._pull_include: str | None = PULL_INCLUDE
+
+    def brush_prediction(self, pre: Preannotation, width: int, height: int) -> dict[str, Any]:
+        return brush_result(pre.polygons, width, height, self.lesion_label)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.name}

@@ -20,6 +20,7 @@ from camlabel.backends.labelstudio.tasks import (
     BRUSH_FROM,
     CLASS_FROM,
     POLYGON_FROM,
+    TO_NAME,
     LazyPredictions,
     LazyUsers,
     utc_timestamp,
@@ -294,6 +295,26 @@ def brush_rle_to_mask(
     h, w = check_size(height, width)
     rgba = rle_decode(rle, h * w * 4).reshape(h, w, 4)
     return rgba[:, :, 3] > 0
+
+
+def brush_result(
+    polygons: Sequence[Mapping[str, Any]], width: int, height: int, label: str
+) -> dict[str, Any]:
+    """Polygons (original-image pixels, holes included) as one Label Studio brush result:
+    rasterized at the original size (centre rule) and brush-RLE encoded."""
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+
+    mask = polygons_to_mask([PolygonPx.from_json(p) for p in polygons], height, width)
+    return {
+        "id": "brush0",
+        "from_name": BRUSH_FROM,
+        "to_name": TO_NAME,
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_brush_rle(mask), "brushlabels": [label]},
+    }
 
 
 def mask_to_brush_rle(mask: npt.ArrayLike) -> list[int]:

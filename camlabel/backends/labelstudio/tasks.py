@@ -115,7 +115,9 @@ class LabelStudioTasks(LabelStudioClient):
 
         pre: Preannotation | None = item.preannotation
         result: list[dict[str, Any]] = []
-        if pre is not None:
+        if pre is not None and any(poly.get("holes") for poly in pre.polygons):
+            result.append(self.brush_prediction(pre, item.width, item.height))
+        elif pre is not None:
             for i, poly in enumerate(pre.polygons):
                 # Label Studio polygons have no holes; only the exterior is offered.
                 pts = px_to_pct(
@@ -154,9 +156,16 @@ class LabelStudioTasks(LabelStudioClient):
             "model_version": pre.model_version if pre else "classifier",
         }
         score = pre.score if pre is not None and pre.score is not None else item.probability
+        if item.priority is not None:  # the Data Manager sorts by it: the selection order
+            score = item.priority
         if score is not None:
             pred["score"] = float(score)
         return pred
+
+    def brush_prediction(self, pre: Preannotation, width: int, height: int) -> dict[str, Any]:
+        """A pre-annotation with holes as ONE brush region (Label Studio polygons cannot carry
+        holes); the backend implements it with the brush codec of ``convert``."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ listing
     def _task_pages(

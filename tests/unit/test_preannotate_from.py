@@ -1,0 +1,89 @@
+"""camlabel preannotate --from segmenter|cam: which images get which pre-annotation, and
+re-runs change nothing. Asserts on ledger records and rasterized polygons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+keras = pytest.importorskip("keras")
+
+from camlabel.active import binary_entropy_mean  # noqa: E402
+from camlabel.cli.main import cli  # noqa: E402
+from camlabel.geometry import PolygonPx, polygons_to_mask  # noqa: E402
+from camlabel.records import JobRef, Preannotation  # noqa: E402
+from camlabel.workspace import Workspace  # noqa: E402
+
+SQUARE = {"exterior": [[1.0, 1.0], [6.0, 1.0], [6.0, 6.0], [1.0, 6.0]], "holes": []}
+
+
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.seg_factory import make_constant_segmenter
+
+    return make_constant_segmenter(tmp_path_factory.mktemp("seg") / "seg-1")
+
+
+def _images(root: Path, n: int) -> list[Path]:
+    root.mkdir(parents=True)
+    out = []
+    for i in range(n):
+        img = np.full((40, 48), 30 + 40 * i, np.uint8)
+        img[10:20, 10 + i : 30] = 220
+        path = root / f"cxr{i}.png"
+        cv2.imwrite(str(path), img)
+        out.append(path)
+    return out
+
+
+def test_the_segmenter_preannotates_what_is_not_yet_published_and_reruns_change_nothing(
+    tmp_path: Path, segmenter: Path
+) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    paths = _images(tmp_path / "in", 4)
+    records, _ = ws.register_images(paths)
+    by_name = {Path(r.source_path).name: r.image_id for r in records}
+    with ws.ledger.transaction() as txn:  # cxr0 already published: it must keep its CAM polygons
+        rec = txn.get(by_name["cxr0.png"])
+        assert rec is not None
+        cam = Preannotation((SQUARE,), "gradcam", "cls-1")
+        txn.put(rec.evolve(preannotation=cam).with_job(JobRef("labelstudio", "1", "7", round=1)))
+    args = ["preannotate", "-w", str(ws.root), "--from", "segmenter", str(segmenter), "--json"]
+    r = CliRunner().invoke(cli, [*args, str(tmp_path / "in")])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["candidates"], s["preannotated"], s["skipped_annotated"]) == (3, 3, 1)
+    assert s["model_version"] == "seg-1"
+    for rec in ws.ledger.all():
+        pre = rec.preannotation
+        assert pre is not None
+        if rec.image_id == by_name["cxr0.png"]:
+            assert pre.source == "gradcam"  # published: untouched
+            continue
+        assert (pre.source, pre.model_version, pre.threshold) == ("segmenter", "seg-1", 0.5)
+        drawn = polygons_to_mask([PolygonPx.from_json(p) for p in pre.polygons], 40, 48)
+        assert drawn.all()  # p = 0.9975 everywhere: the whole image, at the original size
+        assert pre.uncertainty == pytest.approx(
+            binary_entropy_mean(np.full((2, 2), 0.9975)), abs=1e-3
+        )
+    before = [x.to_json() for x in ws.ledger.all()]
+    again = CliRunner().invoke(cli, args)  # no IMAGES: every ledger record is a candidate
+    assert again.exit_code == 0, again.output
+    s = json.loads(again.stdout)
+    assert (s["preannotated"], s["unchanged"]) == (0, 3)
+    assert [x.to_json() for x in ws.ledger.all()] == before
+    runs = ws.ledger.runs("preannotate")
+    assert [run["result"]["preannotated"] for run in runs] == [3, 0]
+
+
+def test_errors_name_what_is_missing(tmp_path: Path) -> None:
+    ws = Workspace.init(tmp_path / "ws")
+    r = CliRunner().invoke(cli, ["preannotate", "-w", str(ws.root), "--from", "segmenter"])
+    assert r.exit_code == 2 and "needs the segmenter MODEL" in r.output
+    r = CliRunner().invoke(cli, ["preannotate", "-w", str(ws.root), "--from", "unet"])
+    assert r.exit_code == 2 and "'unet' is not one of 'cam', 'segmenter'" in r.output
