@@ -11,10 +11,11 @@ interrupted pull is simply redone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from camlabel import consensus
 from camlabel.backends.base import PullReport, PushItem, PushReport, TaskOutcome, get_backend
 from camlabel.errors import AnnotationError, UsageError
 from camlabel.ledger import atomic_write_text
+from camlabel.locks import DEFAULT_WAIT_S, exclusive
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo
 from camlabel.workspace import Workspace
 
@@ -38,12 +40,16 @@ def push_jobs(
     include_all: bool = False,
     dry_run: bool = False,
     progress: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+    lock_wait_s: float = DEFAULT_WAIT_S,
 ) -> PushReport:
     """Publish images that have a pre-annotation (or all registered images with ``include_all``).
 
     Job ids are committed to the ledger after every chunk the backend confirms; the backend
     itself skips images already present on its side, so a re-run after any interruption
-    publishes nothing twice.
+    publishes nothing twice. The whole publication holds the workspace's push lock for this
+    backend (:mod:`camlabel.locks`), so concurrent pushes wait for each other instead of
+    racing between the listing and the import (``on_wait`` is told when it must wait).
     """
     items = [
         _push_item(ws, rec, backend)
@@ -66,9 +72,20 @@ def push_jobs(
                 if rec is not None and rec.jobs.get(backend) != job:
                     txn.put(rec.with_job(job))
 
-    report = be.push(items, dry_run=dry_run, progress=progress, on_pushed=on_pushed)
-    if not dry_run:
-        on_pushed({**report.already_present, **report.pushed})
+    with contextlib.ExitStack() as stack:
+        if not dry_run:
+            stack.enter_context(
+                exclusive(
+                    ws.root,
+                    f"push-{backend}",
+                    what=f"push-jobs --backend {backend}",
+                    wait_s=lock_wait_s,
+                    on_wait=on_wait,
+                )
+            )
+        report = be.push(items, dry_run=dry_run, progress=progress, on_pushed=on_pushed)
+        if not dry_run:
+            on_pushed({**report.already_present, **report.pushed})
     ws.record_run(
         "push-jobs",
         {"backend": backend, "include_all": include_all, "dry_run": dry_run, **be.describe()},

@@ -12,10 +12,10 @@ from camlabel.cli.common import (
     info,
     json_option,
     open_workspace,
-    print_failures,
     show_progress,
     workspace_option,
 )
+from camlabel.errors import BatchError
 
 
 class BackendOptionsCommand(click.Command):
@@ -100,6 +100,7 @@ def push_jobs(
         include_all=include_all,
         dry_run=dry_run,
         progress=show_progress(),
+        on_wait=info,
     )
     out = {
         "backend": backend,
@@ -120,9 +121,13 @@ def push_jobs(
         )
         for p in report.dry_run_files:
             info(f"  wrote {p}")
-        print_failures(report.failures, "item")
     if report.failures:
-        raise SystemExit(1)
+        raise BatchError(
+            f"{backend}: {len(report.failures)} item(s) not published; the others were "
+            "(listed below)",
+            report.failures,
+            hint="fix what each line names and run push-jobs again (nothing is published twice)",
+        )
 
 
 @click.command("pull-masks", cls=BackendOptionsCommand)
@@ -185,9 +190,14 @@ def pull_masks(
             click.echo(
                 f"  {len(s.waiting_for_annotations)} task(s) below --min-annotations (no mask yet)"
             )
-        print_failures(s.failed, "task")
     if s.failed:
-        raise SystemExit(1)
+        raise BatchError(
+            f"{backend}: {len(s.failed)} task(s) could not be read; the others were pulled "
+            "(listed below)",
+            s.failed,
+            hint="fix or delete what each line names in the labeling tool, then run "
+            "pull-masks again",
+        )
 
 
 COMMANDS = [push_jobs, pull_masks]

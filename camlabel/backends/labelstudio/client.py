@@ -136,9 +136,24 @@ class LabelStudioClient:
 
         retries = self.retries if retries is None else retries
         last = ""
+        started = time.monotonic()
         for attempt in range(retries + 1):
             try:
                 return send()
+            except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+                # Connected, then no answer: a frozen or overloaded server. Sending again
+                # would only multiply the wait, so this is the end (the bound is the timeout).
+                waited = time.monotonic() - started
+                raise BackendUnavailable(
+                    self._scrub(
+                        f"Label Studio at {self.url} accepted the connection but did not "
+                        f"answer: {what} timed out after {waited:.0f} s (timeout "
+                        f"{self.timeout:g} s per request, {type(exc).__name__})"
+                    ),
+                    hint="the server is frozen or overloaded: check it (camlabel labelstudio "
+                    "status -w WS, or its log) and run the command again; for a slow server "
+                    "raise the timeout with CAMLABEL_LS_TIMEOUT=SECONDS",
+                ) from None
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except ApiError as exc:
@@ -151,7 +166,7 @@ class LabelStudioClient:
         raise BackendUnavailable(
             self._scrub(
                 f"Label Studio at {self.url} did not answer: {what} failed after "
-                f"{retries + 1} attempt(s) ({last})"
+                f"{retries + 1} attempt(s) in {time.monotonic() - started:.0f} s ({last})"
             ),
             hint=HINT_DOWN,
         )
