@@ -68,14 +68,14 @@ def exclusive(
                 if time.monotonic() >= deadline:
                     raise WorkspaceError(
                         f"another {what} is still running on {root} ({holder}, lock {path}); "
-                        f"gave up after waiting {wait_s:.0f} s",
+                        f"gave up after waiting {wait_s:g} s",
                         hint="let it finish and run the command again (a re-run publishes "
                         "nothing twice)",
                     ) from None
                 if not told and on_wait is not None:
                     on_wait(
                         f"waiting for another {what} on this workspace ({holder}) to finish "
-                        f"(at most {wait_s:.0f} s)..."
+                        f"(at most {wait_s:g} s)..."
                     )
                     told = True
                 time.sleep(_POLL_S)

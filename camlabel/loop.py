@@ -24,7 +24,7 @@ import numpy as np
 
 from camlabel import consensus
 from camlabel.backends.base import PullReport, PushItem, PushReport, TaskOutcome, get_backend
-from camlabel.errors import AnnotationError, UsageError
+from camlabel.errors import AnnotationError, UsageError, WorkspaceError
 from camlabel.ledger import atomic_write_text
 from camlabel.locks import DEFAULT_WAIT_S, exclusive
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo
@@ -152,6 +152,22 @@ def cursor_path(ws: Workspace, backend: str) -> Path:
     return ws.dir("exports") / f"{backend}-cursor.json"
 
 
+def read_cursor(path: Path) -> dict[str, Any] | None:
+    """The saved pull cursor (None when there is none); a damaged file is a clear error."""
+    if not path.exists():
+        return None
+    try:
+        cursor = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        cursor = exc
+    if not isinstance(cursor, dict):
+        raise WorkspaceError(
+            f"the pull cursor {path} is damaged (not a JSON object: {str(cursor)[:80]})",
+            hint="run pull-masks --full once: it reads every task again and writes a new cursor",
+        )
+    return cursor
+
+
 def pull_masks(
     ws: Workspace,
     backend: str = "labelstudio",
@@ -179,7 +195,7 @@ def pull_masks(
         )
     be = get_backend(backend, ws, options)
     cpath = cursor_path(ws, backend)
-    cursor = None if full or not cpath.exists() else json.loads(cpath.read_text())
+    cursor = None if full else read_cursor(cpath)
     report: PullReport = be.pull(jobs, cursor=cursor, progress=progress)
     summary.tasks = len(report.outcomes)
     summary.failed.extend(report.failures)
