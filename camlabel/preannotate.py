@@ -50,7 +50,7 @@ def resolve_inputs(inputs: Sequence[str | Path], classes: Sequence[str] = ()) ->
     From a CSV come its labels and patient ids; in folders, an image whose parent folder is
     named after one of ``classes`` gets that label.
     """
-    from camlabel.imaging import iter_image_paths
+    from camlabel.imaging import iter_image_paths, safe_resolve
     from camlabel.models.data import read_dataset
 
     paths: list[Path] = []
@@ -75,9 +75,9 @@ def resolve_inputs(inputs: Sequence[str | Path], classes: Sequence[str] = ()) ->
             continue
         root = p if p.is_dir() else p.parent
         for path in iter_image_paths([p]):
-            if path.resolve() in seen:
+            if safe_resolve(path) in seen:
                 continue
-            seen.add(path.resolve())
+            seen.add(safe_resolve(path))
             key = str(path)
             paths.append(path)
             if path.parent.name in classes:
