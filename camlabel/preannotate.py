@@ -176,9 +176,12 @@ class GradcamSummary:
     kept_preannotation: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: things the user should know that are not failures (printed by the CLI)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "warnings": list(self.warnings),
             "model_version": self.model_version,
             "method": self.method,
             "fusion": self.fusion,
@@ -254,10 +257,23 @@ def run_gradcam(
             )
         target_idx = clf.classes.index(target)
     listing = resolve_inputs(inputs, clf.classes)
+    if not listing.paths:
+        raise ImageReadError(
+            f"no image found in {', '.join(str(p) for p in inputs)}",
+            hint="give image files (PNG, JPEG, TIFF, DICOM), folders holding them, or a "
+            "metadata.csv",
+        )
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
     )
     summary.inputs = len(listing.paths)
+    if set(clf.classes) != set(ws.classes):
+        summary.warnings.append(
+            f"the model's classes {list(clf.classes)} differ from the workspace's "
+            f"{list(ws.classes)}: predictions are stored with the model's class names, and only "
+            f"images predicted as {list(ws.lesion_classes)} get a pre-annotation"
+            + ("" if all_images else " (pass --all to pre-annotate every image)")
+        )
     records, failures = ws.register_images(
         listing.paths, labels=listing.labels, patient_ids=listing.patient_ids, progress=progress
     )
@@ -273,6 +289,8 @@ def run_gradcam(
             and hm.method == method_name
             and hm.fusion == str(settings["fusion"])
             and ws.abs(hm.path).is_file()
+            # --all after a plain run: images done without a pre-annotation are done again
+            and not (all_images and rec.preannotation is None)
         ):
             summary.skipped += 1
         else:

@@ -341,6 +341,8 @@ def gradcam(
         target=target,
         progress=show_progress(),
     )
+    for warning in s.warnings:  # also under -q: it changes what the results mean
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json(s.to_json())
     else:

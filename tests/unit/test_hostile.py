@@ -328,3 +328,80 @@ def test_cursor_file_is_left_untouched_by_a_failed_pull(tmp_path: Path) -> None:
     res = _run("pull-masks", "-w", str(ws.root), "--url", "http://127.0.0.1:9", "--token", "t" * 20)
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert json.loads(cursor.read_text()) == ["a list, not a cursor"]
+
+
+# ------------------------------------------------------------------------- gradcam
+@pytest.fixture(scope="module")
+def odd_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose classes are not the workspace's (covid, normal, pneumonia)."""
+    keras = pytest.importorskip("keras")
+    from camlabel.models.ensemble import build_ensemble
+
+    keras.utils.set_random_seed(5)
+    path = tmp_path_factory.mktemp("odd") / "odd.keras"
+    build_ensemble(("cat", "dog"), image_size=32, backbones=("efficientnetb0",)).save(path)
+    return path
+
+
+def test_gradcam_on_a_folder_without_images_fails(tmp_path: Path, odd_model: Path) -> None:
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    res = _run("gradcam", str(odd_model), str(empty), "-w", str(ws.root))
+    assert res.exit_code == 1
+    assert f"no image found in {empty}" in res.output and "hint:" in res.output
+    assert ws.ledger.all() == []
+
+
+def test_gradcam_warns_about_other_classes_and_all_completes_a_plain_run(
+    tmp_path: Path, odd_model: Path
+) -> None:
+    import cv2
+
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        img = np.full((40, 40), 30 * i, np.uint8)
+        img[10:20, 10 + i : 25] = 240
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    plain = _run("gradcam", str(odd_model), str(folder), "-w", str(ws.root), "--json")
+    assert plain.exit_code == 0, plain.output
+    s = json.loads(plain.stdout)
+    assert "differ from the workspace's" in s["warnings"][0] and "--all" in s["warnings"][0]
+    assert "warning: the model's classes ['cat', 'dog']" in plain.stderr
+    # neither cat nor dog is a lesion class: no pre-annotation yet
+    assert s["processed"] == 3 and s["preannotated"] == 0
+    assert all(r.preannotation is None for r in ws.ledger.all())
+    everything = _run("gradcam", str(odd_model), str(folder), "-w", str(ws.root), "--all", "--json")
+    assert everything.exit_code == 0, everything.output
+    s = json.loads(everything.stdout)
+    assert (s["processed"], s["skipped"], s["preannotated"]) == (3, 0, 3)
+    assert all(r.preannotation is not None for r in ws.ledger.all())
+    again = _run("gradcam", str(odd_model), str(folder), "-w", str(ws.root), "--all", "--json")
+    assert (json.loads(again.stdout)["processed"], json.loads(again.stdout)["skipped"]) == (0, 3)
+
+
+def test_a_symlink_loop_in_an_image_folder_fails_for_that_file_alone(
+    tmp_path: Path, odd_model: Path
+) -> None:
+    import cv2
+
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "good.png"), np.full((40, 40), 99, np.uint8))
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to("..")
+    res = _run("gradcam", str(odd_model), str(folder), "-w", str(ws.root))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "loop.png" in res.output and "symbolic link that loops" in res.output
+    assert len(ws.ledger.all()) == 1
