@@ -405,3 +405,60 @@ def test_a_symlink_loop_in_an_image_folder_fails_for_that_file_alone(
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "loop.png" in res.output and "symbolic link that loops" in res.output
     assert len(ws.ledger.all()) == 1
+
+
+# ------------------------------------------------------------------------- train-cls
+@pytest.fixture
+def small_set(tmp_path: Path) -> Path:
+    import cv2
+
+    root = tmp_path / "data"
+    for cls in ("covid", "normal"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full((16, 16), 40 * i, np.uint8))
+    return root
+
+
+def _train(data: Path, out: Path, *extra: str) -> Any:
+    return _run(
+        "train-cls", str(data), "--out", str(out), "--epochs", "1", "--image-size", "32", *extra
+    )
+
+
+def test_train_cls_names_missing_files_and_refuses_unknown_labels(
+    small_set: Path, tmp_path: Path
+) -> None:
+    csv = tmp_path / "meta.csv"
+    csv.write_text(
+        "file,label\n"
+        f"{small_set}/covid/0.png,covid\n{small_set}/normal/0.png,normal\n"
+        f"{small_set}/normal/missing.png,normal\n"
+    )
+    out = tmp_path / "m.keras"
+    res = _train(csv, out)
+    assert res.exit_code == 2 and "missing.png" in res.output and "do not exist" in res.output
+    csv.write_text(
+        "file,label\n"
+        f"{small_set}/covid/0.png,covid\n{small_set}/normal/0.png,normal\n"
+        f"{small_set}/normal/1.png,martian\n"
+    )
+    res = _train(csv, out)
+    assert res.exit_code == 2 and "labels ['martian'] are not among" in res.output
+    assert "--classes" in res.output and not out.exists()
+
+
+def test_train_cls_refuses_a_single_class(small_set: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(small_set / "normal")
+    res = _train(small_set, tmp_path / "m.keras")
+    assert res.exit_code == 2 and "a classifier needs images of at least 2 classes" in res.output
+
+
+def test_train_cls_checks_out_before_training(small_set: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where --out wants a folder")
+    res = _train(small_set, blocker / "m.keras")
+    assert res.exit_code == 2 and "cannot be written" in res.output
+    assert "checked before training" in res.output and "Traceback" not in res.output
