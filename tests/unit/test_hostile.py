@@ -462,3 +462,55 @@ def test_train_cls_checks_out_before_training(small_set: Path, tmp_path: Path) -
     res = _train(small_set, blocker / "m.keras")
     assert res.exit_code == 2 and "cannot be written" in res.output
     assert "checked before training" in res.output and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------- Ground Truth
+def _preannotated_ws(tmp_path: Path) -> Any:
+    import cv2
+
+    from camlabel.records import Preannotation
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((16, 16), 9, np.uint8))
+    (rec,), _ = ws.register_images([img])
+    pre = Preannotation(
+        polygons=({"exterior": [[1, 1], [9, 1], [9, 9]], "holes": []},),
+        source="gradcam",
+        model_version="m",
+        score=0.5,
+    )
+    with ws.ledger.transaction() as txn:
+        txn.put(rec.evolve(preannotation=pre))
+    return ws
+
+
+GT = ["--backend", "groundtruth", "--dry-run", "--role-arn", "arn:aws:iam::123456789012:role/gt"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--bucket", "Bad_Bucket!!"], "invalid S3 bucket name. Received: bucket='Bad_Bucket!!'"),
+        (
+            [
+                "--bucket",
+                "good-bucket",
+                "--region",
+                "us-east-1",
+                "--workteam-arn",
+                "arn:aws:sagemaker:eu-west-1:123456789012:workteam/private-crowd/team",
+            ],
+            "--workteam-arn is in region eu-west-1 but the job runs in --region us-east-1",
+        ),
+    ],
+)
+def test_groundtruth_dry_run_refuses_what_aws_would(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    ws = _preannotated_ws(tmp_path)
+    res = _run("push-jobs", "-w", str(ws.root), *GT, *flags)
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "hint:" in res.output
+    assert not (ws.root / "exports").exists() or not any((ws.root / "exports").iterdir())
