@@ -348,10 +348,18 @@ def _remerge(
     png = (merged.astype(np.uint8) * 255).tobytes()
     sha = hashlib.sha256(f"{merged.shape[0]}x{merged.shape[1]}:".encode() + png).hexdigest()
     ann_ids = tuple(sorted(f"{a.backend}:{a.annotation_id}" for a in submitted))
-    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule:
+    mask_file = ws.abs(rec.mask.path) if rec.mask is not None else None
+    intact = mask_file is not None and mask_file.is_file() and mask_file.stat().st_size > 0
+    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule and intact:
         if rec.mask.annotation_ids != ann_ids:
             rec = rec.evolve(mask=_replace(rec.mask, annotation_ids=ann_ids))
         summary.masks_unchanged += 1
+        return rec
+    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule:
+        # Same mask, but its file was deleted or emptied in the workspace: write it again.
+        assert mask_file is not None
+        write_png_atomic(mask_file, merged)
+        summary.masks_written += 1
         return rec
     version = 1 if rec.mask is None else rec.mask.version + 1
     path = ws.dir("masks") / f"{rec.image_id}-v{version}.png"
@@ -441,6 +449,12 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         },
         "masks": {
             "count": len(masks),
+            # recorded in the ledger but deleted or emptied on disk (pull-masks --full rewrites)
+            "missing_files": sum(
+                1
+                for m in masks
+                if not ws.abs(m.path).is_file() or ws.abs(m.path).stat().st_size == 0
+            ),
             "agreement_dice_mean": statistics.fmean(agree) if agree else None,
             "multi_annotator": len(agree),
         },
