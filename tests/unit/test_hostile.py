@@ -514,3 +514,92 @@ def test_groundtruth_dry_run_refuses_what_aws_would(
     assert res.exit_code == 1, res.output
     assert message in res.output and "hint:" in res.output
     assert not (ws.root / "exports").exists() or not any((ws.root / "exports").iterdir())
+
+
+# ------------------------------------------------------------------------- mask files
+def test_deleted_or_empty_mask_files_are_named_and_rewritten_by_a_full_pull(
+    tmp_path: Path,
+) -> None:
+    import cv2
+
+    from camlabel import loop
+    from camlabel.backends.fake import FakeServer
+    from camlabel.errors import BatchError
+    from camlabel.imaging import read_mask_png
+    from camlabel.train.segmenter import check_mask_files
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        cv2.imwrite(str(p), np.full((12, 16), 20 * i, np.uint8))
+        paths.append(p)
+    recs, _ = ws.register_images(paths)
+    server = FakeServer()
+    opts = {"server": server}
+    loop.push_jobs(ws, "fake", options=opts, include_all=True, progress=False)
+    want = {}
+    for k, rec in enumerate(recs):
+        m = np.zeros((12, 16), bool)
+        m[2 : 5 + k, 3:9] = True
+        server.annotate(rec.image_id, m)
+        want[rec.image_id] = m
+    loop.pull_masks(ws, "fake", options=opts, progress=False)
+    masks = {r.image_id: ws.abs(r.mask.path) for r in ws.ledger.all() if r.mask}
+    gone, empty, kept = (masks[r.image_id] for r in recs)
+    gone.unlink()
+    empty.write_bytes(b"")
+
+    res = _run("status", "-w", str(ws.root), "--json")
+    assert json.loads(res.stdout)["masks"]["missing_files"] == 2
+    with pytest.raises(BatchError) as err:
+        check_mask_files(ws)
+    assert {item for item, _ in err.value.failures} == {str(gone), str(empty)}
+    assert "pull-masks --full" in (err.value.hint or "")
+
+    loop.pull_masks(ws, "fake", options=opts, full=True, progress=False)
+    check_mask_files(ws)  # nothing missing any more
+    for rec in recs:
+        assert np.array_equal(read_mask_png(masks[rec.image_id]), want[rec.image_id])
+    assert kept.is_file()
+
+
+def test_a_corrupt_model_file_is_not_called_missing(tmp_path: Path) -> None:
+    from camlabel.classify import load_classifier
+    from camlabel.errors import ModelError
+
+    bad = tmp_path / "cls.keras"
+    bad.write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(ModelError) as err:
+        load_classifier(bad)
+    assert "not a .keras archive" in err.value.message and "File not found" not in str(err.value)
+
+
+def test_os_errors_become_clear_messages_without_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read-only or full disks and odd paths: the CLI names the file and the fix (exit 1)."""
+    import errno
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _run("init", str(blocker / "ws"))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"Not a directory: {blocker / 'ws'}" in res.output
+
+    from camlabel import loop
+    from camlabel.workspace import Workspace
+
+    ws = Workspace.init(tmp_path / "ws")
+    for code, hint in ((errno.EROFS, "read-only"), (errno.ENOSPC, "disk is full")):
+
+        def fail(_ws: Any, code: int = code) -> Any:
+            raise OSError(code, os.strerror(code), str(ws.root / "ledger.jsonl"))
+
+        monkeypatch.setattr(loop, "workspace_status", fail)
+        res = _run("status", "-w", str(ws.root))
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert str(ws.root / "ledger.jsonl") in res.output and hint in res.output
+    with pytest.raises(OSError):  # -vv: the full traceback
+        _run("-vv", "status", "-w", str(ws.root))
