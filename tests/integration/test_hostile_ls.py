@@ -43,26 +43,38 @@ def _titled(ws: Workspace, prefix: str) -> None:
     ws.save_config()
 
 
-def _cli(*args: str, server: LSServer | None = None, **env: str) -> subprocess.CompletedProcess:
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "CAMLABEL_QUIET": "1",
-        "OMP_NUM_THREADS": "1",
-        **env,
-    }
+def _pushed(server: LSServer, tmp_path: Path, n: int, prefix: str) -> tuple[Any, ...]:
+    """A phantom workspace pushed to a new project: (ws, opts, sdk, records, tasks by image)."""
+    ws, _ = phantom_workspace(tmp_path, n, size=64)
+    _titled(ws, prefix)
+    opts = server.options(cursor_margin_s=0)
+    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    recs = sorted(ws.ledger.all(), key=lambda r: r.image_id)
+    tasks = {t["data"]["camlabel_image_id"]: t for t in _tasks(server, report.project)}
+    return ws, opts, server.sdk(), recs, tasks
+
+
+SQUARE = [[8.2, 8.1], [30.3, 8.1], [30.3, 30.2], [8.2, 30.2]]
+
+
+def _env(server: LSServer | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CAMLABEL_QUIET": "1", "OMP_NUM_THREADS": "1"}
     if server is not None:
-        full_env |= {
+        env |= {
             "CAMLABEL_LS_URL": server.url,
             "CAMLABEL_LS_TOKEN": server.token,
             "CAMLABEL_LS_UPLOAD": "false",
             "CAMLABEL_LS_DOCUMENT_ROOT": str(server.document_root),
         }
+    return env | extra
+
+
+def _cli(*args: str, server: LSServer | None = None, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "camlabel", *args],
         capture_output=True,
         text=True,
-        env=full_env,
+        env=_env(server, **env),
         timeout=300,
         cwd=REPO,
     )
@@ -76,18 +88,8 @@ def test_concurrent_push_jobs_make_each_task_once(ls_server: LSServer, tmp_path:
     n = 12
     ws, records = phantom_workspace(tmp_path, n, size=64)
     _titled(ws, "race")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "CAMLABEL_QUIET": "1",
-        "OMP_NUM_THREADS": "1",
-        "CAMLABEL_LS_URL": ls_server.url,
-        "CAMLABEL_LS_TOKEN": ls_server.token,
-        "CAMLABEL_LS_UPLOAD": "false",
-        "CAMLABEL_LS_DOCUMENT_ROOT": str(ls_server.document_root),
-        # chunks of 2 stretch the push over several requests, widening the old race window
-        "CAMLABEL_LS_CHUNK_SIZE": "2",
-    }
+    # chunks of 2 stretch the push over several requests, widening the old race window
+    env = _env(ls_server, CAMLABEL_LS_CHUNK_SIZE="2")
     cmd = [sys.executable, "-m", "camlabel", "push-jobs", "-w", str(ws.root), "--json"]
     procs = [
         subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -184,15 +186,9 @@ def test_duplicate_tasks_are_reported_then_repaired_keeping_the_annotated_one(
 def test_malformed_annotations_are_refused_one_by_one_and_the_rest_pulled(
     ls_server: LSServer, tmp_path: Path
 ) -> None:
-    ws, _ = phantom_workspace(tmp_path, 4, size=64)
-    _titled(ws, "bad-ann")
-    opts = ls_server.options(cursor_margin_s=0)
-    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
-    ls = ls_server.sdk()
-    recs = sorted(ws.ledger.all(), key=lambda r: r.image_id)
-    tasks = {t["data"]["camlabel_image_id"]: t for t in _tasks(ls_server, report.project)}
+    ws, _opts, ls, recs, tasks = _pushed(ls_server, tmp_path, 4, "bad-ann")
     good, bad_size, two_points, banana = recs
-    square = [[8.2, 8.1], [30.3, 8.1], [30.3, 30.2], [8.2, 30.2]]
+    square = SQUARE
 
     def size(rec: Any) -> tuple[int, int]:
         return rec.width, rec.height
@@ -223,14 +219,8 @@ def test_malformed_annotations_are_refused_one_by_one_and_the_rest_pulled(
 def test_incremental_pull_notices_a_task_deleted_in_label_studio(
     ls_server: LSServer, tmp_path: Path
 ) -> None:
-    ws, _ = phantom_workspace(tmp_path, 2, size=64)
-    _titled(ws, "deleted")
-    opts = ls_server.options(cursor_margin_s=0)
-    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
-    ls = ls_server.sdk()
-    recs = sorted(ws.ledger.all(), key=lambda r: r.image_id)
-    tasks = {t["data"]["camlabel_image_id"]: t for t in _tasks(ls_server, report.project)}
-    square = [[8.2, 8.1], [30.3, 8.1], [30.3, 30.2], [8.2, 30.2]]
+    ws, opts, ls, recs, tasks = _pushed(ls_server, tmp_path, 2, "deleted")
+    square = SQUARE
     for rec in recs:
         ls.annotations.create(
             id=tasks[rec.image_id]["id"], result=[polygon_result(square, rec.width, rec.height)]
@@ -307,3 +297,37 @@ def test_a_frozen_server_is_a_clear_error_within_the_timeout(
     assert frozen_server in res.stderr and "did not answer" in res.stderr
     assert "timed out after 2 s" in res.stderr and "CAMLABEL_LS_TIMEOUT" in res.stderr
     assert "secret-token-123" not in res.stderr + res.stdout
+
+
+@pytest.mark.server
+def test_a_frozen_embedded_server_is_not_called_stopped(
+    ls_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from click.testing import CliRunner
+
+    from camlabel.backends.labelstudio import server as srv
+    from camlabel.cli.main import cli
+
+    for var in ("CAMLABEL_LS_URL", "CAMLABEL_LS_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    ws, _ = phantom_workspace(tmp_path, 1, size=64)
+    runner = CliRunner()
+    try:
+        res = runner.invoke(cli, ["labelstudio", "start", "-w", str(ws.root)])
+        assert res.exit_code == 0, res.output
+        pid = srv.status(ws).pid
+        assert pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            res = runner.invoke(cli, ["push-jobs", "-w", str(ws.root)])
+            elapsed = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert res.exit_code == 1 and elapsed < 20, (elapsed, res.output)
+        assert f"(pid {pid}," in res.output and "is running but does not answer" in res.output
+        assert "frozen" in res.output and "not running" not in res.output
+    finally:
+        srv.stop(ws, grace=3)

@@ -231,9 +231,12 @@ def test_fuzz_annotation_to_mask(
     assert isinstance(result, list) or result is None
     drawn = [r for r in result or [] if r.get("type") in DRAWING]
     for r in result or []:
-        assert isinstance(r, dict) and isinstance(r.get("value"), dict)
+        assert isinstance(r, dict)
         kind = r["type"]
         assert kind in (*DRAWING, "choices", "textarea")
+        if kind == "textarea":
+            continue  # carries no drawing and no class: ignored whatever it holds
+        assert isinstance(r.get("value"), dict)
         if kind in DRAWING:
             assert r["from_name"] == DRAWING[kind]
             labels = r["value"].get(kind)
@@ -343,6 +346,20 @@ def odd_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _ws_and_images(tmp_path: Path, n: int) -> tuple[Any, Path]:
+    import cv2
+
+    from camlabel.workspace import Workspace
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(n):
+        img = np.full((40, 40), 30 * i, np.uint8)
+        img[10:20, 10 + i : 25] = 240
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    return Workspace.init(tmp_path / "ws"), folder
+
+
 def test_gradcam_on_a_folder_without_images_fails(tmp_path: Path, odd_model: Path) -> None:
     from camlabel.workspace import Workspace
 
@@ -359,17 +376,7 @@ def test_gradcam_on_a_folder_without_images_fails(tmp_path: Path, odd_model: Pat
 def test_gradcam_warns_about_other_classes_and_all_completes_a_plain_run(
     tmp_path: Path, odd_model: Path
 ) -> None:
-    import cv2
-
-    from camlabel.workspace import Workspace
-
-    ws = Workspace.init(tmp_path / "ws")
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(3):
-        img = np.full((40, 40), 30 * i, np.uint8)
-        img[10:20, 10 + i : 25] = 240
-        cv2.imwrite(str(folder / f"{i}.png"), img)
+    ws, folder = _ws_and_images(tmp_path, 3)
     plain = _run("gradcam", str(odd_model), str(folder), "-w", str(ws.root), "--json")
     assert plain.exit_code == 0, plain.output
     s = json.loads(plain.stdout)
@@ -390,14 +397,7 @@ def test_gradcam_warns_about_other_classes_and_all_completes_a_plain_run(
 def test_a_symlink_loop_in_an_image_folder_fails_for_that_file_alone(
     tmp_path: Path, odd_model: Path
 ) -> None:
-    import cv2
-
-    from camlabel.workspace import Workspace
-
-    ws = Workspace.init(tmp_path / "ws")
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    cv2.imwrite(str(folder / "good.png"), np.full((40, 40), 99, np.uint8))
+    ws, folder = _ws_and_images(tmp_path, 1)
     (folder / "loop.png").symlink_to("loop.png")
     (folder / "sub").mkdir()
     (folder / "sub" / "up").symlink_to("..")

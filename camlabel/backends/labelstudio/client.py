@@ -59,6 +59,7 @@ class LabelStudioClient:
         embedded_url = running_url(self.workspace)
         if not url:
             if embedded_url is None:
+                self._embedded_not_answering()
                 raise BackendUnavailable(
                     f"no Label Studio server to talk to: the embedded server of {self.workspace.root} "
                     "is not running and no URL is set",
@@ -85,6 +86,21 @@ class LabelStudioClient:
             )
         self.url = url
         self._token = token
+
+    def _embedded_not_answering(self) -> None:
+        """The embedded server's process is alive but /health does not answer: say so."""
+        from camlabel.backends.labelstudio.server import status
+
+        st = status(self.workspace)
+        if st.running or not st.pid:
+            return
+        raise BackendUnavailable(
+            f"the embedded Label Studio server of {self.workspace.root} (pid {st.pid}, {st.url}) "
+            f"is running but does not answer: {st.message} (waited 2 s)",
+            hint="it is frozen (stopped with SIGSTOP, swapping?) or overloaded: check its log "
+            f"{st.log_path}, or restart it with camlabel labelstudio stop -w WS, then "
+            "camlabel labelstudio start -w WS",
+        )
 
     @property
     def ls(self) -> LabelStudio:
