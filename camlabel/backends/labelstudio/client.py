@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from camlabel.workspace import Workspace
 
 T = TypeVar("T")
+#: Seconds the first request (``GET /health``) may take: it answers in milliseconds.
+PROBE_TIMEOUT_S = 10.0
 
 HINT_DOWN = (
     "is the server running? Start the embedded one with: camlabel labelstudio start -w WS; "
@@ -120,7 +122,20 @@ class LabelStudioClient:
                 httpx_client=self._http,
                 timeout=self.timeout,
             )
+            self._probe()
         return self._ls
+
+    def _probe(self) -> None:
+        """One cheap request with a short timeout before the real ones: a frozen server is
+        then reported after PROBE_TIMEOUT_S, not after the (long) timeout of an export."""
+        assert self._http is not None
+        http, url = self._http, f"{self.url}/health"
+        wait = min(self.timeout, PROBE_TIMEOUT_S)
+        try:
+            self._retrying("answer /health", lambda: http.get(url, timeout=wait).status_code)
+        except BackendUnavailable:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._http is not None:
@@ -163,8 +178,7 @@ class LabelStudioClient:
                 raise BackendUnavailable(
                     self._scrub(
                         f"Label Studio at {self.url} accepted the connection but did not "
-                        f"answer: {what} timed out after {waited:.0f} s (timeout "
-                        f"{self.timeout:g} s per request, {type(exc).__name__})"
+                        f"answer: {what} timed out after {waited:.0f} s ({type(exc).__name__})"
                     ),
                     hint="the server is frozen or overloaded: check it (camlabel labelstudio "
                     "status -w WS, or its log) and run the command again; for a slow server "
