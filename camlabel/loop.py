@@ -200,6 +200,7 @@ def pull_masks(
     summary.tasks = len(report.outcomes)
     summary.failed.extend(report.failures)
 
+    refused = False
     with ws.ledger.transaction() as txn:
         for outcome in report.outcomes:
             rec = txn.get(outcome.image_id)
@@ -216,11 +217,15 @@ def pull_masks(
                 summary.failed.append(
                     (f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message)
                 )
+                refused = True
                 continue
             if new_rec is not rec:
                 txn.put(new_rec)
-    # Only now that the ledger holds everything is the cursor advanced.
-    atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
+    # Only now that the ledger holds everything is the cursor advanced; not past a task whose
+    # annotations were refused, so the next pull reads it again (and says so again) until it
+    # is fixed in the labeling tool, instead of forgetting it.
+    if not refused and not any(o.status == "failed" for o in report.outcomes):
+        atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
     if any(r.mask is not None and r.mask.consensus != rule for r in ws.ledger.all()):
         _remerge_all(ws, rule, k, summary)
     ws.record_run(

@@ -193,13 +193,13 @@ def test_malformed_annotations_are_refused_one_by_one_and_the_rest_pulled(
     def size(rec: Any) -> tuple[int, int]:
         return rec.width, rec.height
 
-    def annotate(rec: Any, region: dict[str, Any]) -> None:
-        ls.annotations.create(id=tasks[rec.image_id]["id"], result=[region])
+    def annotate(rec: Any, region: dict[str, Any]) -> int:
+        return int(ls.annotations.create(id=tasks[rec.image_id]["id"], result=[region]).id)
 
     annotate(good, polygon_result(square, good.width, good.height))
     annotate(bad_size, {**polygon_result(square, *size(bad_size)), "original_width": "abc"})
     annotate(two_points, polygon_result(square[:2], *size(two_points)))
-    annotate(banana, polygon_result(square, *size(banana), label="Banana"))
+    banana_id = annotate(banana, polygon_result(square, *size(banana), label="Banana"))
 
     res = _cli("pull-masks", "-w", str(ws.root), server=ls_server)
     assert res.returncode == 1, res.stderr
@@ -213,6 +213,15 @@ def test_malformed_annotations_are_refused_one_by_one_and_the_rest_pulled(
     assert read_mask_png(ws.abs(ledger[good.image_id].mask.path)).sum() == 22 * 22
     for rec in (bad_size, two_points, banana):
         assert ledger[rec.image_id].mask is None and not ledger[rec.image_id].annotations
+    # The cursor does not move past refused tasks: once the annotator fixes one, the next
+    # (incremental) pull reads it; the two others are still reported.
+    assert not (ws.root / "exports" / "labelstudio-cursor.json").exists()
+    ls.annotations.update(id=banana_id, result=[polygon_result(square, *size(banana))])
+    res = _cli("pull-masks", "-w", str(ws.root), server=ls_server)
+    assert res.returncode == 1 and "2 task(s) could not be read" in res.stderr, res.stderr
+    fixed = Workspace.open(ws.root).ledger.get(banana.image_id)
+    assert fixed is not None and fixed.mask is not None
+    assert read_mask_png(ws.abs(fixed.mask.path)).sum() == 22 * 22
 
 
 @pytest.mark.server
