@@ -437,6 +437,13 @@ class LabelStudioSettings:
         help="seconds subtracted from the server's clock for the pull cursor (tasks saved "
         "while a pull runs are read again, never missed)",
     )
+    repair_duplicates: bool | None = setting(
+        None,
+        flag="--repair-duplicates/--no-repair-duplicates",
+        in_file=False,
+        help="delete the extra tasks of an image published twice (the one with annotations, "
+        "else the oldest, is kept; a task with annotations is never deleted).",
+    )
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ def iter_image_paths(inputs: Sequence[str | Path], *, recursive: bool = True) ->
         root = Path(item)
         if root.is_dir():
             for candidate in _walk(root, recursive=recursive):
-                found.setdefault(candidate.resolve(), candidate)
+                found.setdefault(safe_resolve(candidate), candidate)
         elif root.is_file():
             found.setdefault(root.resolve(), root)
         else:
@@ -215,6 +215,15 @@ def iter_image_paths(inputs: Sequence[str | Path], *, recursive: bool = True) ->
                 hint="check the path; give image files or folders that contain them",
             )
     return sorted(found.values(), key=lambda p: str(p))
+
+
+def safe_resolve(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path itself for a symlink loop (Python 3.11 raises
+    RuntimeError there): reading such a file then fails for that file alone, with a reason."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 def _walk(root: Path, *, recursive: bool) -> Iterable[Path]:
@@ -240,6 +249,12 @@ def _has_dicom_magic(path: Path) -> bool:
 
 
 def _read_bytes(path: Path) -> bytes:
+    if not path.exists() and path.is_symlink():
+        raise ImageReadError(
+            f"Cannot read image '{path}': a symbolic link that loops or points to nothing "
+            f"(-> {os.readlink(path)})",
+            hint="fix or remove the link; the other images are processed",
+        )
     if not path.exists():
         raise ImageReadError(
             f"Cannot read image '{path}': no such file",
@@ -321,10 +336,45 @@ def _damaged(path: Path, fmt: str, exc: BaseException) -> ImageReadError:
 # ----------------------------------------------------------------------------- PNG/JPEG/TIFF
 
 
-def _read_raster(data: bytes, path: Path, fmt: str) -> LoadedImage:
+#: Largest image read, in pixels (100 MP: a 10000 x 10000 image). Chest X-rays are a few MP;
+#: decoding larger files costs several GB of memory (float64 copies of every pixel).
+MAX_PIXELS = 100_000_000
+
+
+def _too_large(path: Path, size: str) -> ImageReadError:
+    return ImageReadError(
+        f"Cannot read image '{path}': too large ({size}); the limit is "
+        f"{MAX_PIXELS // 1_000_000} MP (camlabel.imaging.MAX_PIXELS)",
+        hint="downscale or crop the image before registering it (chest X-rays are a few MP)",
+    )
+
+
+def _open_raster(data: bytes, path: Path) -> Any:
+    """PIL's lazy open (header only) with camlabel's size limit instead of PIL's bomb check."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise _too_large(path, str(exc).split("exceeds")[0].strip() or "size unknown") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise _too_large(path, f"{w}x{h} = {w * h / 1e6:.0f} MP")
+    return im
+
+
+def _read_raster(data: bytes, path: Path, fmt: str) -> LoadedImage:
+    import warnings
+
+    from PIL import Image
+
+    with _open_raster(data, path) as im, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         n_frames = int(getattr(im, "n_frames", 1))
         if n_frames > 1:
             raise ImageReadError(

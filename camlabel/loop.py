@@ -11,11 +11,12 @@ interrupted pull is simply redone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ import numpy as np
 
 from camlabel import consensus
 from camlabel.backends.base import PullReport, PushItem, PushReport, TaskOutcome, get_backend
-from camlabel.errors import AnnotationError, UsageError
+from camlabel.errors import AnnotationError, UsageError, WorkspaceError
 from camlabel.ledger import atomic_write_text
+from camlabel.locks import DEFAULT_WAIT_S, exclusive
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo
 from camlabel.workspace import Workspace
 
@@ -43,6 +45,8 @@ def push_jobs(
     strategy: str = "uncertainty",
     round: int | None = None,
     seed: int = 0,
+    on_wait: Callable[[str], None] | None = None,
+    lock_wait_s: float = DEFAULT_WAIT_S,
 ) -> PushReport:
     """Publish images that have a pre-annotation (or all registered images with ``include_all``).
 
@@ -52,15 +56,60 @@ def push_jobs(
 
     ``select=N`` publishes only the ``N`` not-yet-published images that ``strategy``
     (:mod:`camlabel.active`) ranks first, with their score as the task's priority. Each newly
-    published image records its ``round`` (default: one more than the highest round already
-    published to this backend, 1 at first); images already published keep theirs.
+    published image records its ``round`` (default: the last round while the pre-annotations
+    come from the sources it used, so a resumed push stays in its round; the next round when
+    they come from a new source, e.g. a trained segmenter; 1 at first); images already
+    published keep theirs.
+
+    The whole publication holds the workspace's push lock for this
+    backend (:mod:`camlabel.locks`), so concurrent pushes wait for each other instead of
+    racing between the listing and the import (``on_wait`` is told when it must wait).
     """
+    with contextlib.ExitStack() as stack:
+        if not dry_run:
+            stack.enter_context(
+                exclusive(
+                    ws.root,
+                    f"push-{backend}",
+                    what=f"push-jobs --backend {backend}",
+                    wait_s=lock_wait_s,
+                    on_wait=on_wait,
+                )
+            )
+        return _push(
+            ws,
+            backend,
+            options=options,
+            include_all=include_all,
+            dry_run=dry_run,
+            progress=progress,
+            select=select,
+            strategy=strategy,
+            round=round,
+            seed=seed,
+        )
+
+
+def _push(
+    ws: Workspace,
+    backend: str,
+    *,
+    options: Mapping[str, Any] | None,
+    include_all: bool,
+    dry_run: bool,
+    progress: bool,
+    select: int | None,
+    strategy: str,
+    round: int | None,
+    seed: int,
+) -> PushReport:
+    """:func:`push_jobs`' work, under the push lock: plan (selection, round), publish, commit."""
     candidates = [
         rec
         for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id)
         if include_all or rec.preannotation is not None
     ]
-    round_no = round if round is not None else _next_round(ws, backend)
+    round_no = round if round is not None else _next_round(ws, backend, candidates)
     if round_no < 1:
         raise UsageError(f"--round must be at least 1. Received: {round_no}")
     priority: dict[str, float] = {}
@@ -133,14 +182,29 @@ def push_jobs(
     return report
 
 
-def _next_round(ws: Workspace, backend: str) -> int:
-    """One more than the highest round published to ``backend`` (1 when none is recorded)."""
-    rounds = [
-        job.round
-        for rec in ws.ledger.all()
-        if (job := rec.jobs.get(backend)) is not None and job.round is not None
-    ]
-    return max(rounds, default=0) + 1
+def _next_round(ws: Workspace, backend: str, candidates: list[ImageRecord]) -> int:
+    """The round new publications join when ``--round`` is not given.
+
+    A new round starts when the pre-annotations about to be published come from a source the
+    last round did not use (a trained segmenter after CAMs, a newer model); otherwise the last
+    round goes on, so a re-run after an interruption, or ``--select`` topping up, stays in the
+    round it continues. 1 when nothing is published yet.
+    """
+    by_round: dict[int, set[str | None]] = {}
+    for rec in ws.ledger.all():
+        job = rec.jobs.get(backend)
+        if job is not None and job.round is not None:
+            by_round.setdefault(job.round, set()).add(_source_of(rec))
+    if not by_round:
+        return 1
+    last = max(by_round)
+    fresh = {_source_of(rec) for rec in candidates if backend not in rec.jobs}
+    return last if fresh <= by_round[last] else last + 1
+
+
+def _source_of(rec: ImageRecord) -> str | None:
+    pre = rec.preannotation
+    return None if pre is None else f"{pre.source}@{pre.model_version}"
 
 
 def _push_item(ws: Workspace, rec: ImageRecord, backend: str) -> PushItem:
@@ -196,6 +260,22 @@ def cursor_path(ws: Workspace, backend: str) -> Path:
     return ws.dir("exports") / f"{backend}-cursor.json"
 
 
+def read_cursor(path: Path) -> dict[str, Any] | None:
+    """The saved pull cursor (None when there is none); a damaged file is a clear error."""
+    if not path.exists():
+        return None
+    try:
+        cursor = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        cursor = exc
+    if not isinstance(cursor, dict):
+        raise WorkspaceError(
+            f"the pull cursor {path} is damaged (not a JSON object: {str(cursor)[:80]})",
+            hint="run pull-masks --full once: it reads every task again and writes a new cursor",
+        )
+    return cursor
+
+
 def pull_masks(
     ws: Workspace,
     backend: str = "labelstudio",
@@ -223,11 +303,12 @@ def pull_masks(
         )
     be = get_backend(backend, ws, options)
     cpath = cursor_path(ws, backend)
-    cursor = None if full or not cpath.exists() else json.loads(cpath.read_text())
+    cursor = None if full else read_cursor(cpath)
     report: PullReport = be.pull(jobs, cursor=cursor, progress=progress)
     summary.tasks = len(report.outcomes)
     summary.failed.extend(report.failures)
 
+    refused = False
     with ws.ledger.transaction() as txn:
         for outcome in report.outcomes:
             rec = txn.get(outcome.image_id)
@@ -244,11 +325,15 @@ def pull_masks(
                 summary.failed.append(
                     (f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message)
                 )
+                refused = True
                 continue
             if new_rec is not rec:
                 txn.put(new_rec)
-    # Only now that the ledger holds everything is the cursor advanced.
-    atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
+    # Only now that the ledger holds everything is the cursor advanced; not past a task whose
+    # annotations were refused, so the next pull reads it again (and says so again) until it
+    # is fixed in the labeling tool, instead of forgetting it.
+    if not refused and not any(o.status == "failed" for o in report.outcomes):
+        atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
     if any(r.mask is not None and r.mask.consensus != rule for r in ws.ledger.all()):
         _remerge_all(ws, rule, k, summary)
     ws.record_run(
@@ -376,10 +461,18 @@ def _remerge(
     png = (merged.astype(np.uint8) * 255).tobytes()
     sha = hashlib.sha256(f"{merged.shape[0]}x{merged.shape[1]}:".encode() + png).hexdigest()
     ann_ids = tuple(sorted(f"{a.backend}:{a.annotation_id}" for a in submitted))
-    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule:
+    mask_file = ws.abs(rec.mask.path) if rec.mask is not None else None
+    intact = mask_file is not None and mask_file.is_file() and mask_file.stat().st_size > 0
+    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule and intact:
         if rec.mask.annotation_ids != ann_ids:
             rec = rec.evolve(mask=_replace(rec.mask, annotation_ids=ann_ids))
         summary.masks_unchanged += 1
+        return rec
+    if rec.mask is not None and rec.mask.sha256 == sha and rec.mask.consensus == rule:
+        # Same mask, but its file was deleted or emptied in the workspace: write it again.
+        assert mask_file is not None
+        write_png_atomic(mask_file, merged)
+        summary.masks_written += 1
         return rec
     version = 1 if rec.mask is None else rec.mask.version + 1
     path = ws.dir("masks") / f"{rec.image_id}-v{version}.png"
@@ -469,6 +562,12 @@ def workspace_status(ws: Workspace) -> dict[str, Any]:
         },
         "masks": {
             "count": len(masks),
+            # recorded in the ledger but deleted or emptied on disk (pull-masks --full rewrites)
+            "missing_files": sum(
+                1
+                for m in masks
+                if not ws.abs(m.path).is_file() or ws.abs(m.path).stat().st_size == 0
+            ),
             "agreement_dice_mean": statistics.fmean(agree) if agree else None,
             "multi_annotator": len(agree),
         },

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ def resolve_inputs(inputs: Sequence[str | Path], classes: Sequence[str] = ()) ->
     From a CSV come its labels and patient ids; in folders, an image whose parent folder is
     named after one of ``classes`` gets that label.
     """
-    from camlabel.imaging import iter_image_paths
+    from camlabel.imaging import iter_image_paths, safe_resolve
     from camlabel.models.data import read_dataset
 
     paths: list[Path] = []
@@ -77,9 +78,9 @@ def resolve_inputs(inputs: Sequence[str | Path], classes: Sequence[str] = ()) ->
             continue
         root = p if p.is_dir() else p.parent
         for path in iter_image_paths([p]):
-            if path.resolve() in seen:
+            if safe_resolve(path) in seen:
                 continue
-            seen.add(path.resolve())
+            seen.add(safe_resolve(path))
             key = str(path)
             paths.append(path)
             if path.parent.name in classes:
@@ -214,9 +215,12 @@ class GradcamSummary:
     kept_preannotation: int = 0
     by_class: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: things the user should know that are not failures (printed by the CLI)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "warnings": list(self.warnings),
             "model_version": self.model_version,
             "method": self.method,
             "fusion": self.fusion,
@@ -307,11 +311,24 @@ def run_gradcam(
         target_idx = clf.classes.index(target)
     listing = resolve_inputs(inputs, clf.classes)
     # records keep resolved source paths; lung masks are matched by the path under its input
-    rel_by_source = {str(Path(k).resolve()): v for k, v in listing.relpaths.items()}
+    rel_by_source = {os.path.realpath(k): v for k, v in listing.relpaths.items()}
+    if not listing.paths:
+        raise ImageReadError(
+            f"no image found in {', '.join(str(p) for p in inputs)}",
+            hint="give image files (PNG, JPEG, TIFF, DICOM), folders holding them, or a "
+            "metadata.csv",
+        )
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
     )
     summary.inputs = len(listing.paths)
+    if set(clf.classes) != set(ws.classes):
+        summary.warnings.append(
+            f"the model's classes {list(clf.classes)} differ from the workspace's "
+            f"{list(ws.classes)}: predictions are stored with the model's class names, and only "
+            f"images predicted as {list(ws.lesion_classes)} get a pre-annotation"
+            + ("" if all_images else " (pass --all to pre-annotate every image)")
+        )
     records, failures = ws.register_images(
         listing.paths, labels=listing.labels, patient_ids=listing.patient_ids, progress=progress
     )
@@ -328,6 +345,8 @@ def run_gradcam(
             and hm.fusion == str(settings["fusion"])
             and ws.abs(hm.path).is_file()
             and _refined_as(rec.preannotation, refine_name, lungs)
+            # --all after a plain run: images done without a pre-annotation are done again
+            and not (all_images and rec.preannotation is None)
         ):
             summary.skipped += 1
         else:
@@ -599,7 +618,7 @@ def run_preannotate(
         )
         summary.failures.extend(failures)
         wanted = {r.image_id for r in records}
-        relpaths = {str(Path(k).resolve()): v for k, v in listing.relpaths.items()}
+        relpaths = {os.path.realpath(k): v for k, v in listing.relpaths.items()}
         candidates = [r for r in ws.ledger.all() if r.image_id in wanted]
     else:
         candidates = ws.ledger.all()

@@ -244,7 +244,7 @@ class Workspace:
         keeps everything already known and only fills in missing label/patient id.
         Returns (records, failures) — failures are (path, reason) and do not stop the batch.
         """
-        from camlabel.imaging import read_image, write_png_atomic
+        from camlabel.imaging import read_image, safe_resolve, write_png_atomic
 
         labels = dict(labels or {})
         patient_ids = dict(patient_ids or {})
@@ -263,7 +263,7 @@ class Workspace:
                     failures.append((str(p), exc.message))
                     continue
                 key = str(p)
-                alt = str(Path(p).resolve())
+                alt = str(safe_resolve(Path(p)))
                 png = self.display_png(img.image_id)
                 if not png.exists():
                     write_png_atomic(png, img.display)

@@ -352,6 +352,8 @@ def gradcam(
         lung_masks=lung_masks,
         lung_model=lung_model,
     )
+    for warning in s.warnings:  # also under -q: it changes what the results mean
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json(s.to_json())
     else:

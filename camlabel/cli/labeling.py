@@ -12,10 +12,10 @@ from camlabel.cli.common import (
     info,
     json_option,
     open_workspace,
-    print_failures,
     show_progress,
     workspace_option,
 )
+from camlabel.errors import BatchError
 
 # listed here (not imported) so that --help stays light; tests check they match
 # camlabel.active.STRATEGIES
@@ -107,7 +107,8 @@ def _options(**kw: Any) -> dict[str, Any]:
     "round_no",
     type=click.IntRange(min=1),
     default=None,
-    help="The labeling round recorded for newly published images [default: the last round + 1]; "
+    help="The labeling round recorded for newly published images [default: the last round, or "
+    "the next one when the pre-annotations come from a new source (e.g. a trained segmenter)]; "
     "with --select, re-running a round tops it up to N.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
@@ -139,6 +140,7 @@ def push_jobs(
         strategy=strategy,
         round=round_no,
         seed=seed,
+        on_wait=info,
     )
     out = {
         "backend": backend,
@@ -159,9 +161,13 @@ def push_jobs(
         )
         for p in report.dry_run_files:
             info(f"  wrote {p}")
-        print_failures(report.failures, "item")
     if report.failures:
-        raise SystemExit(1)
+        raise BatchError(
+            f"{backend}: {len(report.failures)} item(s) not published; the others were "
+            "(listed below)",
+            report.failures,
+            hint="fix what each line names and run push-jobs again (nothing is published twice)",
+        )
 
 
 @click.command("pull-masks", cls=BackendOptionsCommand)
@@ -224,9 +230,14 @@ def pull_masks(
             click.echo(
                 f"  {len(s.waiting_for_annotations)} task(s) below --min-annotations (no mask yet)"
             )
-        print_failures(s.failed, "task")
     if s.failed:
-        raise SystemExit(1)
+        raise BatchError(
+            f"{backend}: {len(s.failed)} task(s) could not be read; the others were pulled "
+            "(listed below)",
+            s.failed,
+            hint="fix or delete what each line names in the labeling tool, then run "
+            "pull-masks again",
+        )
 
 
 COMMANDS = [push_jobs, pull_masks]

@@ -32,11 +32,17 @@ class CamlabelGroup(click.Group):
             if failures:
                 for item, reason in failures:
                     click.echo(f"  {item}: {reason}", err=True)
-            if os.environ.get("CAMLABEL_VERBOSITY", "0") not in ("0", ""):
+            if _verbosity() >= 2:  # docs/cli.md: tracebacks only at -vv
                 import traceback
 
                 traceback.print_exc()
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            if _verbosity() >= 2:
+                raise
+            click.secho(f"error: {os_error_message(exc)}", fg="red", err=True)
+            click.echo(f"  hint: {os_error_hint(exc)}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo(
                 "interrupted: what was finished is saved; re-run the command to resume", err=True
@@ -74,6 +80,32 @@ def cli(verbose: int, quiet: bool) -> None:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _verbosity() -> int:
+    value = os.environ.get("CAMLABEL_VERBOSITY", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError the library did not anticipate (read-only or full disk, symlink loop...)."""
+    what = exc.strerror or str(exc)
+    files = [f for f in (exc.filename, getattr(exc, "filename2", None)) if f]
+    return f"{what}: {' -> '.join(str(f) for f in files)}" if files else what
+
+
+def os_error_hint(exc: OSError) -> str:
+    import errno
+
+    return {
+        errno.EROFS: "the file system is read-only: use a writable workspace (-w)",
+        errno.EACCES: "no permission: make the file or folder writable/readable for this user",
+        errno.EPERM: "no permission: make the file or folder writable/readable for this user",
+        errno.ENOSPC: "the disk is full: free some space and run the command again "
+        "(what was finished is saved)",
+        errno.ELOOP: "a symbolic link points to itself (a loop): remove or fix it",
+        errno.ENOENT: "check the path",
+    }.get(exc.errno or 0, "run again with -vv for the full traceback")
 
 
 def _register() -> None:

@@ -143,6 +143,12 @@ def status(workspace: Path, as_json: bool) -> None:
         click.echo(
             f"  masks: {st['masks']['count']} (annotator agreement, mean pairwise Dice: {'-' if agr is None else f'{agr:.3f}'})"
         )
+    if st["masks"]["missing_files"]:
+        click.echo(
+            f"  warning: {st['masks']['missing_files']} mask file(s) recorded in the ledger are "
+            f"missing or empty on disk; run camlabel pull-masks --full -w {ws.root} to write them "
+            "again"
+        )
     info(f"ledger: {ws.ledger.path}")
 
 

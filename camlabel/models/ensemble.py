@@ -422,6 +422,18 @@ def load_ensemble(path: str | Path) -> EnsembleClassifier:
     return model
 
 
+def check_keras_archive(path: Path) -> None:
+    """A ``.keras`` file is a zip archive; Keras reports any other file as "File not found"."""
+    import zipfile
+
+    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"cannot load {path}: the file exists ({path.stat().st_size} bytes) but is not a "
+            ".keras archive (a .keras model is a zip file): it is corrupt or truncated",
+            hint="copy or download the model again, or train a new one",
+        )
+
+
 def load_keras_model(path: str | Path) -> keras.Model:
     """``keras.saving.load_model`` with camlabel's typed errors (compile=False)."""
     path = Path(path)
@@ -432,6 +444,7 @@ def load_keras_model(path: str | Path) -> keras.Model:
         )
     if path.suffix != ".keras":
         raise ModelError(f"expected a .keras model file. Received: {path.name!r}")
+    check_keras_archive(path)
     # Importing registers camlabel's serializable layers before deserialization.
     import camlabel.models.layers  # noqa: F401
 

@@ -57,6 +57,7 @@ def load_segmenter(path: str | Path) -> Segmenter:
     import keras
 
     from camlabel.models import seg_metrics, tiramisu  # noqa: F401  (registers the classes)
+    from camlabel.models.ensemble import check_keras_archive
 
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
@@ -65,6 +66,7 @@ def load_segmenter(path: str | Path) -> Segmenter:
             f"no segmenter at {path} (expected a model folder with {MODEL_FILE}, or a .keras file)",
             hint="train one with 'camlabel train-seg' (it writes WS/models/seg-<run>/)",
         )
+    check_keras_archive(file)
     try:
         model = keras.models.load_model(file, compile=False)
     except Exception as exc:

@@ -43,6 +43,66 @@ class TrainResult:
     info: dict[str, Any]
 
 
+def check_training_data(
+    ds: Any, data: str | Path, *, classes_given: bool, workspace: Workspace | None
+) -> None:
+    """Refuse, before any training, data that would train the wrong model.
+
+    Every listed file must exist; a label outside the workspace's classes (or, without a
+    workspace, the default classes) needs ``--classes`` naming it; at least two classes must
+    have images (one class trains a model that can only say that class).
+    """
+    from camlabel.models.ensemble import DEFAULT_CLASSES
+
+    missing = [str(p) for p in ds.paths if not Path(p).is_file()]
+    if missing:
+        raise UsageError(
+            f"{data}: {len(missing)} listed image file(s) do not exist: "
+            + ", ".join(missing[:5])
+            + (" ..." if len(missing) > 5 else ""),
+            hint="fix the paths in the CSV (relative to the CSV's folder) or remove those rows",
+        )
+    found = sorted(set(ds.labels))
+    if not classes_given:
+        allowed = tuple(workspace.classes) if workspace is not None else tuple(DEFAULT_CLASSES)
+        unknown = [c for c in found if c not in allowed]
+        if unknown:
+            where = (
+                f"the workspace's classes {list(allowed)}"
+                if workspace
+                else (f"the default classes {list(allowed)}")
+            )
+            raise UsageError(
+                f"{data}: labels {unknown} are not among {where}",
+                hint="fix the labels, or pass --classes naming every class to train (e.g. "
+                f"--classes {','.join(sorted(set(allowed) | set(found)))})",
+            )
+    if len(found) < 2:
+        raise UsageError(
+            f"{data}: every image has the label {found[0]!r}; a classifier needs images of at "
+            "least 2 classes",
+            hint="add images of the other classes (DATA/<class>/*.png or rows in the CSV)",
+        )
+
+
+def check_writable(out: Path) -> None:
+    """Fail before training, not after it, when ``out`` cannot be written."""
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=True):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out} cannot be written ({exc.strerror or exc}); checked before training so "
+            "that no trained model is lost",
+            hint="pass --out in a folder you can write to",
+        ) from None
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; pass a file name ending in .keras")
+
+
 def train_classifier(
     data: str | Path,
     out: str | Path,
@@ -89,6 +149,8 @@ def train_classifier(
             f"epochs, batch size and lr must be positive. Received: {epochs}, {batch_size}, {lr}"
         )
     ds = read_dataset(data, classes)
+    check_training_data(ds, data, classes_given=classes is not None, workspace=workspace)
+    check_writable(out)
     train_idx, val_idx = grouped_stratified_split(ds.labels, ds.patient_ids, val_fraction, seed)
     if len(train_idx) == 0:
         raise UsageError(f"{data}: too few images to train ({len(ds)})")

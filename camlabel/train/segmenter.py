@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from camlabel.errors import CamlabelError, ModelError
+from camlabel.errors import BatchError, CamlabelError, ModelError
 from camlabel.models.segmenter import MODEL_FILE, SIDECAR
 
 if TYPE_CHECKING:
@@ -65,6 +65,41 @@ def masked_records(ws: Workspace) -> list[Any]:
         ):
             out.append(rec)
     return sorted(out, key=lambda r: r.image_id)
+
+
+def check_mask_files(ws: Workspace) -> None:
+    """Every mask the ledger records must be a readable PNG of its image's size.
+
+    A mask file deleted, emptied or damaged in the workspace would otherwise be skipped
+    silently (or crash the training child on its exported copy): name each one, in the
+    workspace, with the fix.
+    """
+    from camlabel.imaging import read_mask_png
+
+    bad: list[tuple[str, str]] = []
+    for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id):
+        if rec.mask is None:
+            continue
+        path = ws.abs(rec.mask.path)
+        try:
+            mask = read_mask_png(path)
+        except CamlabelError as exc:
+            bad.append((str(path), exc.message.split(": ", 1)[-1]))
+            continue
+        if mask.shape != (rec.height, rec.width):
+            bad.append(
+                (
+                    str(path),
+                    f"{mask.shape[1]}x{mask.shape[0]} px but the image is {rec.width}x{rec.height}",
+                )
+            )
+    if bad:
+        raise BatchError(
+            f"{len(bad)} mask file(s) recorded in the ledger are missing or unreadable",
+            bad,
+            hint=f"run camlabel pull-masks --full -w {ws.root} to write them again from the "
+            "annotations (nothing else is touched)",
+        )
 
 
 def negative_records(ws: Workspace, limit: int, seed: int) -> list[Any]:
@@ -198,6 +233,7 @@ def train_segmenter(
             f"unknown training target. Received: on={on!r}",
             hint="use on='local' or on='sagemaker'",
         )
+    check_mask_files(ws)
     records = masked_records(ws)
     if len(records) < min_masks:
         raise CamlabelError(

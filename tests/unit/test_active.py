@@ -172,8 +172,12 @@ def test_push_select_publishes_the_most_uncertain_per_round_with_its_score(
     # the same round again: full, nothing added; explicitly named
     again = loop.push_jobs(ws, "fake", options=opts, select=2, round=1, progress=False)
     assert again.pushed == {} and len(server.tasks) == 2
-    # the next round (default: one more than the highest): the next two, in round 2
-    second = loop.push_jobs(ws, "fake", options=opts, select=2, progress=False)
+    # without --round, the same source's pre-annotations continue round 1 (a resumed or
+    # repeated push): the round is full, nothing is added
+    same = loop.push_jobs(ws, "fake", options=opts, select=2, progress=False)
+    assert same.pushed == {} and len(server.tasks) == 2
+    # the next round, named: the next two most uncertain, in round 2
+    second = loop.push_jobs(ws, "fake", options=opts, select=2, round=2, progress=False)
     assert set(second.pushed) == {by_src["img2.png"], by_src["img3.png"]}
     rounds = {
         r.image_id: (r.jobs["fake"].round if "fake" in r.jobs else None) for r in ws.ledger.all()
@@ -193,6 +197,7 @@ def test_push_select_publishes_the_most_uncertain_per_round_with_its_score(
     assert [(r["settings"]["round"], r["result"]["pushed"]) for r in runs] == [
         (1, 2),
         (1, 0),
+        (1, 0),
         (2, 2),
         (2, 1),
     ]
@@ -200,6 +205,23 @@ def test_push_select_publishes_the_most_uncertain_per_round_with_its_score(
     plain = loop.push_jobs(ws, "fake", options=opts, progress=False)
     assert plain.pushed == {} and len(plain.already_present) == 5
     assert ws.ledger.get(by_src["img1.png"]).jobs["fake"].round == 1  # type: ignore[union-attr]
+
+
+def test_the_default_round_goes_on_until_a_new_source_pre_annotates(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, [(0.9, 0.05, 0.05), (0.34, 0.33, 0.33), (0.5, 0.4, 0.1)])
+    ids = sorted(r.image_id for r in ws.ledger.all())
+    opts = {"server": FakeServer()}
+    loop.push_jobs(ws, "fake", options=opts, select=1, progress=False)
+    (first,) = [r.image_id for r in ws.ledger.all() if "fake" in r.jobs]
+    rest = [i for i in ids if i != first]
+    # a trained segmenter pre-annotates one of the images left: a new source, a new round
+    with ws.ledger.transaction() as txn:
+        rec = txn.get(rest[0])
+        assert rec is not None
+        txn.put(rec.evolve(preannotation=Preannotation((SQUARE,), "segmenter", "seg-1")))
+    loop.push_jobs(ws, "fake", options=opts, progress=False)
+    rounds = {r.image_id: r.jobs["fake"].round for r in ws.ledger.all()}
+    assert rounds == {first: 1, rest[0]: 2, rest[1]: 2}
 
 
 def test_the_cli_lists_the_registered_strategies() -> None:
@@ -231,7 +253,7 @@ def test_status_reports_effort_per_round(tmp_path: Path) -> None:
     server = FakeServer()
     opts = {"server": server}
     loop.push_jobs(ws, "fake", options=opts, select=2, progress=False)  # img0, img1
-    loop.push_jobs(ws, "fake", options=opts, select=1, progress=False)  # img2, round 2
+    loop.push_jobs(ws, "fake", options=opts, select=1, round=2, progress=False)  # img2
     pre = polygons_to_mask([PolygonPx.from_json(SQUARE)], 8, 8)  # 5 x 5 pixels
     bigger = np.zeros((8, 8), bool)
     bigger[1:8, 1:8] = True  # 7 x 7: IoU 25/49, edited area 24/49

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,7 @@ class GroundTruthSettings:
                 f"Wrong Ground Truth job type {settings.job_type!r}, supported job types: {list(JOB_TYPES)}",
                 hint="pass --job-type adjustment (CAM mask, built-in Lambdas) or --job-type polygon",
             )
+        check_names(settings)
         return dataclasses.replace(settings, prefix=settings.prefix.strip("/"))
 
     def public(self) -> dict[str, Any]:
@@ -124,3 +126,35 @@ class GroundTruthSettings:
             "region": self.region,
             "job_type": self.job_type,
         }
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+def check_names(s: GroundTruthSettings) -> None:
+    """What AWS would refuse, caught offline (also by ``--dry-run``): the bucket name's rules
+    and ARNs from another region than ``--region`` (a job cannot use a workteam, Lambda or
+    KMS key of another region)."""
+    b = s.bucket
+    if b is not None and (not _BUCKET.match(b) or ".." in b or _IPV4.match(b)):
+        raise ConfigError(
+            f"invalid S3 bucket name. Received: bucket={b!r}",
+            hint="bucket names are 3-63 characters of lowercase letters, digits, '.' and '-', "
+            "start and end with a letter or digit, and are not IP addresses",
+        )
+    for name in ("workteam_arn", "pre_lambda_arn", "acs_lambda_arn", "kms_key"):
+        value = getattr(s, name)
+        if not value or not str(value).startswith("arn:"):
+            continue
+        parts = str(value).split(":")
+        if len(parts) < 6:
+            raise ConfigError(f"{name} is not a valid ARN. Received: {value!r}")
+        region = parts[3]
+        if region and region != s.region:
+            flag = "--kms-key" if name == "kms_key" else "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} is in region {region} but the job runs in --region {s.region}. "
+                f"Received: {value}",
+                hint=f"pass --region {region}, or a {name.split('_')[0]} of {s.region}",
+            )

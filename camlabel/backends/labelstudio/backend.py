@@ -297,7 +297,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         report.details = {"url": self.url, "images": "upload" if upload else "local-files"}
         if not upload:
             self._ensure_local_storage(pid)
-        present = self.existing_tasks(pid)
+        present = self._check_duplicates(pid, self.tasks_by_image(pid), report)
         already = {
             it.image_id: self._job(pid, present[it.image_id], it)
             for it in items
@@ -343,6 +343,79 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
                     on_pushed(jobs)
         report.details["chunks"] = chunks
         return report
+
+    def _check_duplicates(
+        self, pid: int, by_image: Mapping[str, list[int]], report: PushReport
+    ) -> dict[str, int]:
+        """``{image_id: task id}`` with one task per image; duplicates reported or repaired.
+
+        An image with several tasks (a push that raced another one before the push lock,
+        or tasks imported by hand) would have its annotations read from one task only. The
+        task to keep is the one with annotations (or drafts), else the oldest. Without
+        ``--repair-duplicates`` each duplicate is a failure naming the tasks and the fix;
+        with it the other tasks are deleted, never one that holds an annotation or a draft.
+        """
+        present = {iid: ids[0] for iid, ids in by_image.items()}
+        deleted = 0
+        for iid, ids in sorted(by_image.items()):
+            if len(ids) < 2:
+                continue
+            work = {tid: self._task_work(tid) for tid in ids}
+            busy = [tid for tid in ids if work[tid]]
+            if len(busy) > 1:
+                report.failures.append(
+                    (
+                        iid[:12],
+                        f"published {len(ids)} times in project {pid} on {self.url} (tasks "
+                        f"{', '.join(map(str, ids))}) and tasks {', '.join(map(str, busy))} all "
+                        "hold annotations: copy the work into one task in Label Studio, delete "
+                        "the others, then run push-jobs again",
+                    )
+                )
+                present[iid] = busy[0]
+                continue
+            keep = busy[0] if busy else ids[0]
+            present[iid] = keep
+            extra = [tid for tid in ids if tid != keep]
+            if not self.settings.repair_duplicates:
+                report.failures.append(
+                    (
+                        iid[:12],
+                        f"published {len(ids)} times in project {pid} on {self.url} (tasks "
+                        f"{', '.join(map(str, ids))}): work on task(s) "
+                        f"{', '.join(map(str, extra))} would not be read. Run camlabel push-jobs "
+                        f"--repair-duplicates to delete them (task {keep} is kept)",
+                    )
+                )
+                continue
+            for tid in extra:
+                self._delete_task(tid)
+                deleted += 1
+        if deleted:
+            report.details["duplicates_deleted"] = deleted
+        return present
+
+    def _task_work(self, task_id: int) -> int:
+        """Annotations (cancelled ones included) and drafts of one task."""
+        resp = self._raw(f"read task {task_id}", "GET", f"/api/tasks/{task_id}/")
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, Mapping):
+            return 1  # unreadable: treat as holding work, so it is never deleted
+        counted = [body.get(k) for k in ("total_annotations", "cancelled_annotations")]
+        listed = [body.get(k) for k in ("annotations", "drafts")]
+        return sum(int(c) for c in counted if isinstance(c, int)) + sum(
+            len(v) for v in listed if isinstance(v, list)
+        )
+
+    def _delete_task(self, task_id: int) -> None:
+        try:
+            self._raw(f"delete duplicate task {task_id}", "DELETE", f"/api/tasks/{task_id}/")
+        except BackendError as exc:
+            if "HTTP 404" not in exc.message:  # already gone: what a retry may find
+                raise
 
     def _job(self, pid: int, task_id: int, item: PushItem) -> JobRef:
         ex = item.existing
@@ -568,30 +641,69 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
                     else self._export_all(pid, len(pjobs))
                 )
                 predictions = LazyPredictions(self, pid)
-                for task in tasks:
+                for task in self._one_task_per_image(pid, tasks, pjobs, report, seen):
                     iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
-                    pjob = pjobs.get(iid)
-                    if pjob is None or iid in seen:
-                        continue  # not this workspace's image (or a duplicate task)
-                    seen.add(iid)
+                    pjob = pjobs[iid]
                     size = sizes.get(iid) or (pjob.extra.get("width"), pjob.extra.get("height"))
                     report.outcomes.append(self._outcome(iid, pjob, task, size, users, predictions))
                     bar.update(1)
-                if since is None:
-                    missing = [iid for iid in pjobs if iid not in seen]
-                    report.failures.extend(
-                        (
-                            iid[:12],
-                            f"task {pjobs[iid].task} is no longer in project {pid} on {self.url}",
-                        )
-                        for iid in missing
-                    )
-                else:
+                listed = seen
+                if since is not None:
                     # Unchanged tasks without any annotation are still worth reporting.
                     self._report_unannotated(pid, pjobs, seen, report)
+                    # A deleted task is not among the changed ones: the ids listing tells.
+                    listed = seen | set(self.tasks_by_image(pid))
+                missing = [iid for iid in pjobs if iid not in listed]
+                report.failures.extend(
+                    (
+                        iid[:12],
+                        f"task {pjobs[iid].task} is no longer in project {pid} on {self.url} "
+                        "(deleted in Label Studio?): its mask, if any, is kept; run camlabel "
+                        "push-jobs to publish the image again",
+                    )
+                    for iid in missing
+                )
                 new_since[project] = max(filter(None, [server_now, since]))
         report.cursor = {"server": self.url, "updated_since": new_since}
         return report
+
+    def _one_task_per_image(
+        self,
+        pid: int,
+        tasks: Sequence[Mapping[str, Any]],
+        pjobs: Mapping[str, JobRef],
+        report: PullReport,
+        seen: set[str],
+    ) -> list[Mapping[str, Any]]:
+        """This workspace's tasks, one per image: of duplicates, the one holding annotations.
+
+        A duplicate is a failure telling how to repair it; when more than one of an image's
+        tasks holds annotations none is read (which one is right is the user's call).
+        """
+        grouped: dict[str, list[Mapping[str, Any]]] = {}
+        for task in tasks:
+            iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
+            if iid in pjobs:  # else not this workspace's image
+                grouped.setdefault(iid, []).append(task)
+        seen.update(grouped)
+        out: list[Mapping[str, Any]] = []
+        for iid, group in grouped.items():
+            if len(group) > 1:
+                annotated = [t for t in group if t.get("annotations")]
+                ids = ", ".join(str(t.get("id")) for t in group)
+                fix = (
+                    "copy the work into one task in Label Studio and delete the others"
+                    if len(annotated) > 1
+                    else "run camlabel push-jobs --repair-duplicates"
+                )
+                report.failures.append(
+                    (iid[:12], f"published several times in project {pid} (tasks {ids}): {fix}")
+                )
+                if len(annotated) > 1:
+                    continue
+                group = annotated or group[:1]
+            out.append(group[0])
+        return out
 
     def _export_all(self, pid: int, expected: int) -> list[dict[str, Any]]:
         """Every task of the project with its annotations: the JSON export (one request).
@@ -659,13 +771,30 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
             )
         results: list[AnnotationResult] = []
         try:
-            for a in sorted(anns, key=lambda a: int(a.get("id") or 0)):
+            for a in sorted(anns, key=lambda a: str(a.get("id") or "").zfill(20)):
                 prediction = prediction_for(a, task, predictions)
                 results.append(
-                    self.convert_annotation(a, task_id, width, height, prediction, users)
+                    self.convert_annotation(
+                        a,
+                        task_id,
+                        width,
+                        height,
+                        prediction,
+                        users,
+                        lesion_label=self.lesion_label,
+                        classes=self.workspace.classes,
+                    )
                 )
         except AnnotationError as exc:
             return TaskOutcome(image_id=image_id, job=job_now, status="failed", message=exc.message)
+        except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+            # Hostile task data outside the annotations (ids, predictions): this task only.
+            return TaskOutcome(
+                image_id=image_id,
+                job=job_now,
+                status="failed",
+                message=f"task {task_id}: unreadable task data ({type(exc).__name__}: {exc!s:.120})",
+            )
         submitted = any(r.annotation.status == "submitted" for r in results)
         return TaskOutcome(
             image_id=image_id,

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from camlabel.workspace import Workspace
 
 T = TypeVar("T")
+#: Seconds the first request (``GET /health``) may take: it answers in milliseconds.
+PROBE_TIMEOUT_S = 10.0
 
 HINT_DOWN = (
     "is the server running? Start the embedded one with: camlabel labelstudio start -w WS; "
@@ -59,6 +61,7 @@ class LabelStudioClient:
         embedded_url = running_url(self.workspace)
         if not url:
             if embedded_url is None:
+                self._embedded_not_answering()
                 raise BackendUnavailable(
                     f"no Label Studio server to talk to: the embedded server of {self.workspace.root} "
                     "is not running and no URL is set",
@@ -86,6 +89,21 @@ class LabelStudioClient:
         self.url = url
         self._token = token
 
+    def _embedded_not_answering(self) -> None:
+        """The embedded server's process is alive but /health does not answer: say so."""
+        from camlabel.backends.labelstudio.server import status
+
+        st = status(self.workspace)
+        if st.running or not st.pid:
+            return
+        raise BackendUnavailable(
+            f"the embedded Label Studio server of {self.workspace.root} (pid {st.pid}, {st.url}) "
+            f"is running but does not answer: {st.message} (waited 2 s)",
+            hint="it is frozen (stopped with SIGSTOP, swapping?) or overloaded: check its log "
+            f"{st.log_path}, or restart it with camlabel labelstudio stop -w WS, then "
+            "camlabel labelstudio start -w WS",
+        )
+
     @property
     def ls(self) -> LabelStudio:
         if self._ls is None:
@@ -104,7 +122,20 @@ class LabelStudioClient:
                 httpx_client=self._http,
                 timeout=self.timeout,
             )
+            self._probe()
         return self._ls
+
+    def _probe(self) -> None:
+        """One cheap request with a short timeout before the real ones: a frozen server is
+        then reported after PROBE_TIMEOUT_S, not after the (long) timeout of an export."""
+        assert self._http is not None
+        http, url = self._http, f"{self.url}/health"
+        wait = min(self.timeout, PROBE_TIMEOUT_S)
+        try:
+            self._retrying("answer /health", lambda: http.get(url, timeout=wait).status_code)
+        except BackendUnavailable:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._http is not None:
@@ -136,9 +167,23 @@ class LabelStudioClient:
 
         retries = self.retries if retries is None else retries
         last = ""
+        started = time.monotonic()
         for attempt in range(retries + 1):
             try:
                 return send()
+            except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+                # Connected, then no answer: a frozen or overloaded server. Sending again
+                # would only multiply the wait, so this is the end (the bound is the timeout).
+                waited = time.monotonic() - started
+                raise BackendUnavailable(
+                    self._scrub(
+                        f"Label Studio at {self.url} accepted the connection but did not "
+                        f"answer: {what} timed out after {waited:.0f} s ({type(exc).__name__})"
+                    ),
+                    hint="the server is frozen or overloaded: check it (camlabel labelstudio "
+                    "status -w WS, or its log) and run the command again; for a slow server "
+                    "raise the timeout with CAMLABEL_LS_TIMEOUT=SECONDS",
+                ) from None
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except ApiError as exc:
@@ -151,7 +196,7 @@ class LabelStudioClient:
         raise BackendUnavailable(
             self._scrub(
                 f"Label Studio at {self.url} did not answer: {what} failed after "
-                f"{retries + 1} attempt(s) ({last})"
+                f"{retries + 1} attempt(s) in {time.monotonic() - started:.0f} s ({last})"
             ),
             hint=HINT_DOWN,
         )

@@ -25,7 +25,7 @@ from camlabel.backends.labelstudio.tasks import (
     LazyUsers,
     utc_timestamp,
 )
-from camlabel.errors import AnnotationError, CamlabelError, GeometryError
+from camlabel.errors import AnnotationError, GeometryError
 from camlabel.records import Annotation
 
 BoolArray = npt.NDArray[np.bool_]
@@ -332,6 +332,14 @@ def mask_to_brush_rle(mask: npt.ArrayLike) -> list[int]:
     return _encode_runs(np.where(flat[run_start], 255, 0), run_len, flat.size * 4)
 
 
+#: Result types of the lesion controls; "polygon" and "brush" are the unlabeled variants.
+_POLYGON_TYPES = ("polygonlabels", "polygon")
+_BRUSH_TYPES = ("brushlabels", "brush")
+#: Result types that carry no drawing and no class (a comment box, a rating, a relation)
+#: and may be added to a project's config without changing a mask.
+_IGNORED_TYPES = ("textarea", "rating", "number", "datetime", "relation")
+
+
 def convert_annotation(
     ann: Mapping[str, Any],
     task_id: str,
@@ -339,9 +347,50 @@ def convert_annotation(
     height: int,
     prediction: Mapping[str, Any] | None = None,
     users: LazyUsers | None = None,
+    *,
+    lesion_label: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> AnnotationResult:
-    """One Label Studio annotation -> an :class:`Annotation` record and its mask (original size)."""
-    from camlabel.geometry import PolygonPx, pct_to_px, polygons_to_mask
+    """One Label Studio annotation -> an :class:`Annotation` record and its mask (original size).
+
+    An answer that cannot be read exactly as drawn raises :class:`AnnotationError` naming the
+    task, the annotation and the reason; it never becomes an empty mask ("no lesion"). Refused:
+    a region of another type (``rectanglelabels``...) or control (``from_name``), a label other
+    than ``lesion_label``, a class choice not in ``classes``, a polygon with fewer than 3
+    vertices or covering no pixel of the image, a brush stroke that does not decode, and any
+    field of the wrong type. ``lesion_label``/``classes`` None skip those two checks. Only
+    :class:`CamlabelError` subclasses are raised (a network error reading user names is a
+    :class:`~camlabel.errors.BackendError`; everything about the data is an AnnotationError).
+    """
+    ann_id = str(ann.get("id")) if isinstance(ann, Mapping) else "?"
+    where = f"task {task_id}, annotation {ann_id}"
+    if not isinstance(ann, Mapping):
+        raise AnnotationError(f"{where}: not a JSON object. Received: {ann!r:.80}")
+    try:
+        return _convert(ann, where, width, height, prediction, users, lesion_label, classes)
+    except AnnotationError:
+        raise
+    except GeometryError as exc:
+        raise AnnotationError(f"{where}: {exc.message}", hint=exc.hint) from None
+    except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+        # Shapes no check above anticipated: still this annotation's fault, not the pull's.
+        raise AnnotationError(
+            f"{where}: unreadable annotation data ({type(exc).__name__}: {exc!s:.120})",
+            hint="open the task in Label Studio, fix or delete this annotation, then pull again",
+        ) from None
+
+
+def _convert(
+    ann: Mapping[str, Any],
+    where: str,
+    width: int,
+    height: int,
+    prediction: Mapping[str, Any] | None,
+    users: LazyUsers | None,
+    lesion_label: str | None,
+    classes: Sequence[str] | None,
+) -> AnnotationResult:
+    from camlabel.geometry import PolygonPx, pct_to_px, polygons_to_mask, repair_polygon
 
     ann_id = str(ann.get("id"))
     who = ann.get("completed_by")
@@ -355,55 +404,104 @@ def convert_annotation(
         "annotator": annotator,
         "created_at": created,
         "updated_at": updated,
-        "lead_time_s": float(lead) if isinstance(lead, int | float) else None,
+        "lead_time_s": float(lead)
+        if isinstance(lead, int | float) and not isinstance(lead, bool) and np.isfinite(lead)
+        else None,
     }
     if ann.get("was_cancelled"):
         return AnnotationResult(Annotation(status="skipped", **common), None)
+    results = ann.get("result")
+    if results is None:
+        results = []
+    if not isinstance(results, list):
+        raise AnnotationError(
+            f"{where}: 'result' must be a list of regions. Received: {type(results).__name__}"
+        )
     polys: list[PolygonPx] = []
     brush = np.zeros((height, width), dtype=bool)
     has_brush = False
     class_choice: str | None = None
     regions: list[Mapping[str, Any]] = []
-    for r in ann.get("result") or []:
+    for i, r in enumerate(results):
+        what = f"{where}, region {i}"
         if not isinstance(r, Mapping):
+            raise AnnotationError(f"{what}: not a JSON object. Received: {r!r:.80}")
+        kind, source = r.get("type"), r.get("from_name")
+        if kind in _IGNORED_TYPES:
             continue
-        kind = r.get("type")
-        value = r.get("value") or {}
-        if kind == "choices" and r.get("from_name") == CLASS_FROM:
-            choices = value.get("choices") or []
-            class_choice = str(choices[0]) if choices else None
-            continue
-        if kind not in ("polygonlabels", "brushlabels", "polygon"):
-            continue
-        ow, oh = r.get("original_width"), r.get("original_height")
-        if ow is not None and oh is not None and (int(ow), int(oh)) != (width, height):
+        value = r.get("value")
+        if not isinstance(value, Mapping):
+            raise AnnotationError(f"{what}: 'value' must be a JSON object. Received: {value!r:.80}")
+        to_name = r.get("to_name")
+        if to_name is not None and to_name != TO_NAME:
             raise AnnotationError(
-                f"task {task_id}, annotation {ann_id}: drawn on a {ow}x{oh} image but the image is "
-                f"{width}x{height} px (original_width x original_height must equal the image size)",
-                hint="the task shows a different picture than the one registered; re-push the image "
-                "(camlabel push-jobs) and annotate the new task",
+                f"{what}: drawn on {to_name!r}, not on the image {TO_NAME!r}",
+                hint=_CONFIG_HINT,
             )
-        regions.append(r)
-        if kind == "brushlabels":
-            rle = value.get("rle")
-            if rle:
-                try:
-                    brush |= brush_rle_to_mask(rle, height, width)
-                except CamlabelError as exc:
-                    raise AnnotationError(
-                        f"task {task_id}, annotation {ann_id}: brush stroke cannot be decoded ({exc.message})"
-                    ) from None
-                has_brush = True
+        if kind == "choices":
+            class_choice = _class_choice(what, source, value, classes)
             continue
-        pts = value.get("points") or []
-        if len(pts) < 3:
-            continue  # an unfinished polygon covers nothing
-        try:
-            polys.append(PolygonPx(pct_to_px(pts, width, height)))
-        except CamlabelError as exc:
+        expected = (
+            POLYGON_FROM if kind in _POLYGON_TYPES else BRUSH_FROM if kind in _BRUSH_TYPES else None
+        )
+        if expected is None:
             raise AnnotationError(
-                f"task {task_id}, annotation {ann_id}: invalid polygon points ({exc.message})"
+                f"{what}: a {kind!r} region cannot be read as a lesion mask (camlabel reads "
+                f"polygons from {POLYGON_FROM!r} and brush strokes from {BRUSH_FROM!r})",
+                hint="redraw the region with the polygon (key 1) or brush (key 2) tool, or "
+                "delete it; " + _CONFIG_HINT,
+            )
+        if source != expected:
+            raise AnnotationError(
+                f"{what}: a {kind} region from the unknown control {source!r} (expected "
+                f"from_name {expected!r})",
+                hint=_CONFIG_HINT,
+            )
+        _check_labels(what, kind, value, lesion_label)
+        _check_original_size(what, r, width, height)
+        regions.append(r)
+        if kind in _BRUSH_TYPES:
+            fmt = value.get("format", "rle")
+            rle = value.get("rle")
+            if fmt != "rle" or not isinstance(rle, list) or not rle:
+                raise AnnotationError(
+                    f"{what}: a brush stroke needs format 'rle' and a non-empty 'rle' list. "
+                    f"Received: format={fmt!r}, rle={type(rle).__name__}"
+                    + (f" of {len(rle)}" if isinstance(rle, list) else ""),
+                    hint="re-export the annotation from Label Studio unchanged",
+                )
+            try:
+                stroke = brush_rle_to_mask(rle, height, width)
+            except GeometryError as exc:
+                raise AnnotationError(
+                    f"{what}: brush stroke cannot be decoded ({exc.message})", hint=exc.hint
+                ) from None
+            if not stroke.any():
+                raise AnnotationError(f"{what}: the brush stroke covers no pixel of the image")
+            brush |= stroke
+            has_brush = True
+            continue
+        pts = value.get("points")
+        if not isinstance(pts, list) or len(pts) < 3:
+            n = len(pts) if isinstance(pts, list) else type(pts).__name__
+            raise AnnotationError(
+                f"{what}: a polygon needs at least 3 points. Received: {n}",
+                hint="an unfinished polygon (closed too early) covers nothing: finish or delete "
+                "it in Label Studio",
+            )
+        try:
+            parts = repair_polygon(pct_to_px(pts, width, height), width, height)
+        except GeometryError as exc:
+            raise AnnotationError(
+                f"{what}: invalid polygon ({exc.message})",
+                hint="redraw or delete the region in Label Studio",
             ) from None
+        if not polygons_to_mask(parts, height, width).any():
+            raise AnnotationError(
+                f"{what}: the polygon covers no pixel of the {width}x{height} image",
+                hint="redraw or delete the region in Label Studio",
+            )
+        polys.extend(parts)
     mask = polygons_to_mask(polys, height, width) | brush
     record = Annotation(
         status="submitted",
@@ -414,6 +512,76 @@ def convert_annotation(
         **common,
     )
     return AnnotationResult(record, mask)
+
+
+_CONFIG_HINT = (
+    "the project's labeling config differs from camlabel's (templates/labelstudio/lesion.xml); "
+    "fix or delete the annotation in Label Studio, or publish into a project camlabel created"
+)
+
+
+def _class_choice(
+    what: str, source: Any, value: Mapping[str, Any], classes: Sequence[str] | None
+) -> str | None:
+    if source != CLASS_FROM:
+        raise AnnotationError(
+            f"{what}: a choice from the unknown control {source!r} (expected from_name "
+            f"{CLASS_FROM!r})",
+            hint=_CONFIG_HINT,
+        )
+    choices = value.get("choices")
+    if choices in (None, []):
+        return None
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], str):
+        raise AnnotationError(
+            f"{what}: the image class must be one name. Received: choices={choices!r:.80}"
+        )
+    if classes is not None and choices[0] not in classes:
+        raise AnnotationError(
+            f"{what}: unknown image class {choices[0]!r}; the workspace's classes are "
+            f"{list(classes)}",
+            hint=_CONFIG_HINT,
+        )
+    return choices[0]
+
+
+def _check_labels(what: str, kind: Any, value: Mapping[str, Any], lesion_label: str | None) -> None:
+    if kind not in ("polygonlabels", "brushlabels"):
+        return
+    labels = value.get(kind)
+    if labels is None:
+        return
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise AnnotationError(
+            f"{what}: {kind} must be a list of label names. Received: {labels!r:.80}"
+        )
+    other = [x for x in labels if lesion_label is not None and x != lesion_label]
+    if other:
+        raise AnnotationError(
+            f"{what}: label {other[0]!r} is not the lesion label {lesion_label!r}",
+            hint=_CONFIG_HINT,
+        )
+
+
+def _check_original_size(what: str, r: Mapping[str, Any], width: int, height: int) -> None:
+    ow, oh = r.get("original_width"), r.get("original_height")
+    if ow is None and oh is None:
+        return
+    for name, v in (("original_width", ow), ("original_height", oh)):
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer()
+        if not ok:
+            raise AnnotationError(
+                f"{what}: {name} must be a whole number of pixels. Received: {v!r:.40}",
+                hint="re-export the annotation from Label Studio unchanged",
+            )
+    assert ow is not None and oh is not None  # checked above
+    if (int(ow), int(oh)) != (width, height):
+        raise AnnotationError(
+            f"{what}: drawn on a {ow}x{oh} image but the image is {width}x{height} px "
+            "(original_width x original_height must equal the image size)",
+            hint="the task shows a different picture than the one registered; re-push the image "
+            "(camlabel push-jobs) and annotate the new task",
+        )
 
 
 def prediction_for(

@@ -216,13 +216,17 @@ class LabelStudioTasks(LabelStudioClient):
 
     def existing_tasks(self, pid: int) -> dict[str, int]:
         """``{camlabel_image_id: task id}`` of the project's tasks (the idempotence check)."""
-        out: dict[str, int] = {}
+        return {key: min(ids) for key, ids in self.tasks_by_image(pid).items()}
+
+    def tasks_by_image(self, pid: int) -> dict[str, list[int]]:
+        """``{camlabel_image_id: [task ids, ascending]}``: more than one id is a duplicate."""
+        out: dict[str, list[int]] = {}
         for page in self._task_pages(pid, include="id,data"):
             for t in page:
                 key = (t.get("data") or {}).get("camlabel_image_id")
-                if key and (key not in out or t["id"] < out[key]):
-                    out[str(key)] = int(t["id"])
-        return out
+                if key:
+                    out.setdefault(str(key), []).append(int(t["id"]))
+        return {key: sorted(ids) for key, ids in out.items()}
 
     def _changed_tasks(
         self, pid: int, filters: list[dict[str, Any]] | None
