@@ -33,10 +33,10 @@ import argparse
 import contextlib
 import cProfile
 import hashlib
-import os
-import pstats
 import json
+import os
 import platform
+import pstats
 import shutil
 import sys
 import tempfile
