@@ -170,15 +170,17 @@ def main() -> None:
     db = srv.Database.parse(args.database) if args.database else None
     db_env = db.env(os.environ.get("CAMLABEL_LS_DB_PASSWORD")) if db else None
     t0 = time.perf_counter()
-    srv.provision_data_dir(
-        tmp / "data",
-        creds,
-        ls_bin=ls_bin,
-        database=db,
-        db_password=os.environ.get("CAMLABEL_LS_DB_PASSWORD"),
+    # Only with --database: the same script also measures a checkout without that option.
+    db_kw: dict[str, Any] = (
+        {"database": db, "db_password": os.environ.get("CAMLABEL_LS_DB_PASSWORD")} if db else {}
     )
+    srv.provision_data_dir(tmp / "data", creds, ls_bin=ls_bin, **db_kw)
     proc = srv.start_server(
-        tmp / "data", document_root=tmp, ls_bin=ls_bin, timeout=300, extra_env=db_env
+        tmp / "data",
+        document_root=tmp,
+        ls_bin=ls_bin,
+        timeout=300,
+        **({"extra_env": db_env} if db_env else {}),
     )
     http = httpx.Client(
         base_url=proc.url, headers={"Authorization": f"Token {creds.token}"}, timeout=600

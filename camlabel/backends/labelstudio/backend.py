@@ -449,7 +449,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         folder = self._resolved_dirs.get(png.parent)
         if folder is None:
             folder = self._resolved_dirs[png.parent] = png.parent.resolve()
-        path = folder / png.name if not png.is_symlink() else png.resolve()
+        path = folder / png.name  # camlabel writes display PNGs as files, never links
         try:
             rel = path.relative_to(root)
         except ValueError:
