@@ -339,7 +339,7 @@ def convert_annotation(
     if ann.get("was_cancelled"):
         return AnnotationResult(Annotation(status="skipped", **common), None)
     polys: list[PolygonPx] = []
-    brush = np.zeros((height, width), dtype=bool)
+    brush: BoolArray | None = None  # allocated for the rare annotation with a brush stroke
     has_brush = False
     class_choice: str | None = None
     regions: list[Mapping[str, Any]] = []
@@ -367,7 +367,8 @@ def convert_annotation(
             rle = value.get("rle")
             if rle:
                 try:
-                    brush |= brush_rle_to_mask(rle, height, width)
+                    stroke = brush_rle_to_mask(rle, height, width)
+                    brush = stroke if brush is None else brush | stroke
                 except CamlabelError as exc:
                     raise AnnotationError(
                         f"task {task_id}, annotation {ann_id}: brush stroke cannot be decoded ({exc.message})"
@@ -383,7 +384,9 @@ def convert_annotation(
             raise AnnotationError(
                 f"task {task_id}, annotation {ann_id}: invalid polygon points ({exc.message})"
             ) from None
-    mask = polygons_to_mask(polys, height, width) | brush
+    mask = polygons_to_mask(polys, height, width)
+    if brush is not None:
+        mask |= brush
     record = Annotation(
         status="submitted",
         polygons=tuple(p.to_json() for p in polys),
