@@ -134,7 +134,20 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PGServer]:
             os.chmod(parent, os.stat(parent).st_mode | 0o001)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
-    init = subprocess.run(
+
+    def run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=str(base),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    init = run(
         [
             bins["initdb"],
             "-D",
@@ -149,14 +162,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PGServer]:
             "UTF8",
             "--no-locale",
             "--no-sync",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=str(base),
-        **kw,  # type: ignore[arg-type]
+        ]
     )
     pwfile.unlink()
     assert init.returncode == 0, init.stdout + init.stderr
@@ -166,30 +172,15 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PGServer]:
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
     log = base / "postgres.log"
-    started = subprocess.run(
-        [bins["pg_ctl"], "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "120", "start"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=str(base),
-        **kw,  # type: ignore[arg-type]
+    started = run(
+        [bins["pg_ctl"], "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "120", "start"]
     )
     assert started.returncode == 0, started.stdout + started.stderr + _tail(log)
     server = PGServer(bins=bins, data=data, port=port, password=password, run_as=run_as)
     try:
         yield server
     finally:
-        subprocess.run(
-            [bins["pg_ctl"], "-D", str(data), "-m", "immediate", "-w", "stop"],
-            env=env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-            cwd=str(base),
-            **kw,  # type: ignore[arg-type]
-        )
+        run([bins["pg_ctl"], "-D", str(data), "-m", "immediate", "-w", "stop"], timeout=120)
 
 
 def _has_user(name: str) -> bool:

@@ -732,18 +732,13 @@ def _read_state(ws: Workspace) -> dict[str, Any] | None:
 
 def recorded_database(ws: Workspace) -> Database | None:
     """The PostgreSQL database the workspace's server was set up on; None for SQLite."""
-    path = data_dir(ws) / DB_STATE_NAME
-    if not path.exists():
-        return None
-    try:
-        url = json.loads(path.read_text(encoding="utf-8"))["url"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{path} is unreadable ({type(exc).__name__})",
-            hint='restore it as {"url": "postgresql://USER@HOST:PORT/DB"} (the database this '
-            "server was set up on)",
-        ) from exc
-    return Database.parse(str(url))
+    url = _json_field(
+        data_dir(ws) / DB_STATE_NAME,
+        "url",
+        hint='restore it as {"url": "postgresql://USER@HOST:PORT/DB"} (the database this '
+        "server was set up on)",
+    )
+    return Database.parse(url) if url is not None else None
 
 
 def db_password(ws: Workspace) -> str | None:
@@ -752,17 +747,23 @@ def db_password(ws: Workspace) -> str | None:
         value = os.environ.get(name)
         if value:
             return value
-    path = ws.dir("secrets") / DB_SECRETS_NAME
+    return _json_field(
+        ws.dir("secrets") / DB_SECRETS_NAME,
+        "password",
+        hint='write it as {"password": "..."} with mode 0600, or set CAMLABEL_LS_DB_PASSWORD',
+    )
+
+
+def _json_field(path: Path, key: str, *, hint: str) -> str | None:
+    """``key`` of the small JSON object in ``path``; None when the file does not exist."""
     if not path.exists():
         return None
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))["password"]
+        return str(json.loads(path.read_text(encoding="utf-8"))[key])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
-            f"{path} is unreadable or has no password ({type(exc).__name__})",
-            hint='write it as {"password": "..."} with mode 0600, or set CAMLABEL_LS_DB_PASSWORD',
+            f"{path} is unreadable or has no {key!r} ({type(exc).__name__})", hint=hint
         ) from exc
-    return str(value)
 
 
 def _resolve_database(ws: Workspace, requested: str | None) -> Database | None:
