@@ -10,7 +10,7 @@ EXTRAS ?= dev,sagemaker
 PIP_FLAGS ?= -q --disable-pip-version-check
 DEMO_WS ?= demo-workspace
 
-.PHONY: all demo test test-fast lint typecheck venv ls-server chromium clean bench
+.PHONY: all demo test test-fast lint typecheck venv ls-server chromium postgresql clean bench
 
 all: test
 
@@ -41,10 +41,19 @@ chromium:
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "chromium missing and no root: browser tests will be skipped (install Debian's chromium)"; fi
 
+# Debian's PostgreSQL for the tests of `labelstudio start --database` (they start their own
+# cluster in a temp dir; the system service is not used). Debian puts initdb in
+# /usr/lib/postgresql/<version>/bin, which the tests search. Needs root or sudo.
+postgresql:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | head -1)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "postgresql missing and no root: the PostgreSQL tests will be skipped (install Debian's postgresql)"; fi
+
 demo: venv ls-server
 	CAMLABEL_PROGRESS=1 $(VENV)/bin/camlabel demo -w $(DEMO_WS)
 
-test: venv ls-server chromium
+test: venv ls-server chromium postgresql
 	$(VENV)/bin/python -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: venv

@@ -41,9 +41,22 @@ def labelstudio() -> None:
     show_default=True,
     help="Seconds to wait for the server to answer.",
 )
+@click.option(
+    "--database",
+    default=None,
+    metavar="postgresql://USER@HOST:PORT/DB",
+    help="Keep the server's tables in this existing PostgreSQL database (set on first start, "
+    "then remembered) instead of SQLite. The password never goes in the URL: env "
+    "CAMLABEL_LS_DB_PASSWORD or PGPASSWORD, or WS/secrets/labelstudio-db.json.",
+)
 @json_option
 def start(
-    workspace: Path, port: int | None, ls_bin: Path | None, timeout: float, as_json: bool
+    workspace: Path,
+    port: int | None,
+    ls_bin: Path | None,
+    timeout: float,
+    database: str | None,
+    as_json: bool,
 ) -> None:
     """Start the workspace's server (set up on first use; ~45 s the very first time)."""
     from camlabel.backends.labelstudio import server as srv
@@ -51,7 +64,7 @@ def start(
     ws = open_workspace(workspace)
     if not srv.data_dir(ws).joinpath(srv.READY_MARKER).exists():
         info("setting up Label Studio for this workspace (database, admin user, API token)...")
-    st, creds, started = srv.start(ws, port=port, ls_bin=ls_bin, timeout=timeout)
+    st, creds, started = srv.start(ws, port=port, ls_bin=ls_bin, timeout=timeout, database=database)
     if as_json:
         echo_json(
             {
@@ -63,7 +76,7 @@ def start(
         )
         return
     verb = "started" if started else "already running"
-    click.echo(f"Label Studio {verb}: {st.url}  (pid {st.pid})")
+    click.echo(f"Label Studio {verb}: {st.url}  (pid {st.pid}, database {st.database})")
     click.echo(f"  login: {creds.email}; password and API token in {srv.secrets_path(ws)}")
     wanted = port if port is not None else ws.config.get("labelstudio", {}).get("port")
     if started and wanted and st.port != int(wanted):

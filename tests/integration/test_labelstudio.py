@@ -576,3 +576,39 @@ def test_two_rounds_go_to_one_project_with_scores_and_a_brush_for_holes(
 
             want_score = normalized_entropy(rec.prediction.probabilities)
             assert pred["score"] == pytest.approx(want_score, abs=1e-5)
+
+
+def test_paged_export_reads_every_task_and_finds_renumbered_ones(
+    ls_server: LSServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pull exports by task id, a few ids per request, the next page prefetched."""
+    from camlabel.backends.labelstudio import backend as ls_backend
+
+    monkeypatch.setattr(ls_backend, "EXPORT_PAGE", 2)  # 5 tasks: 3 pages
+    ws, records = phantom_workspace(tmp_path, 5, size=64, seed=13)
+    ws.config["labelstudio"]["project_title"] = f"paged-{uuid.uuid4().hex[:8]}"
+    opts = ls_server.options(cursor_margin_s=0)
+    report = loop.push_jobs(ws, "labelstudio", options=opts, progress=False)
+    tasks = {t["data"]["camlabel_image_id"]: t for t in _project_tasks(ls_server, report.project)}
+    ls = ls_server.sdk()
+    shapes = [[10.2, 11.7], [40.6, 12.3], [30.1, 50.4]]
+    for rec in records:
+        ls.annotations.create(
+            id=tasks[rec.image_id]["id"], result=[polygon_result(shapes, rec.width, rec.height)]
+        )
+    jobs = {r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all()}
+    renumbered = records[2].image_id
+    jobs[renumbered] = JobRef(
+        backend="labelstudio", project=report.project, task="999999", extra=jobs[renumbered].extra
+    )
+    be = LabelStudioBackend(ws, **opts)
+    pulled = be.pull(jobs, progress=False)
+    assert not pulled.failures
+    by_id = {o.image_id: o for o in pulled.outcomes}
+    assert set(by_id) == {r.image_id for r in records}
+    for rec in records:
+        want = rasterize_centres([shapes], rec.height, rec.width)
+        out = by_id[rec.image_id]
+        assert out.status == "annotated" and out.job.task == str(tasks[rec.image_id]["id"])
+        (ann,) = out.annotations
+        assert ann.mask is not None and np.array_equal(ann.mask, want)

@@ -16,11 +16,16 @@ Push
     before importing, the project's tasks are listed and images whose content hash
     (``data.camlabel_image_id``) is already there are skipped, so a re-run, even after a
     crash in the middle of an import, never creates a duplicate. The pre-annotation polygons
-    become a prediction (percent of the original width/height).
+    become a prediction (percent of the original width/height). The next chunk's payloads
+    are built while the server imports the current one (one import in flight at a time, so
+    the order and the retry rules are those of a sequential push).
 
 Pull
-    The first pull of a project reads every task with the JSON export
-    (``ls.projects.exports.download_sync``, one request, a third faster than the task list).
+    The first pull of a project reads the workspace's tasks with the JSON export
+    (``GET /api/projects/{id}/export?ids[]=...``, a third faster than the task list), in pages
+    of ``EXPORT_PAGE`` task ids: the next page is exported while this one is converted and
+    rasterized, so the client's work hides behind the server's. A task no longer under the
+    id the ledger knows is found by its content hash (one listing) and exported too.
     Later pulls read only what changed: the Data Manager task list (``ls.tasks.list``)
     filtered on ``tasks:updated_at`` greater than the cursor. Label Studio bumps a task's
     ``updated_at`` whenever one of its annotations is created, updated or skipped, and a
@@ -41,7 +46,8 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -89,6 +95,8 @@ MARKER = "[camlabel]"
 DEFAULT_CHUNK = 500
 #: Files per upload request (PNGs of a few hundred kB each).
 UPLOAD_CHUNK = 50
+#: Task ids per export request (Django refuses more than 1,000 query fields by default).
+EXPORT_PAGE = 500
 
 
 class LabelStudioBackend(LabelStudioTasks, Backend):
@@ -152,6 +160,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         self._http: httpx.Client | None = None
         self._project_id: int | None = None
         self._pull_include: str | None = PULL_INCLUDE
+        self._resolved_dirs: dict[Path, Path] = {}
 
     def brush_prediction(self, pre: Preannotation, width: int, height: int) -> dict[str, Any]:
         return brush_result(pre.polygons, width, height, self.lesion_label)
@@ -309,9 +318,27 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         # One task per image, even if an image is listed twice.
         todo = list({it.image_id: it for it in items if it.image_id not in present}.values())
         chunks = 0
-        with progress_bar(
-            total=len(todo), desc="push labelstudio", unit="task", enabled=progress
-        ) as bar:
+        inflight: tuple[Future[dict[str, int]], dict[str, PushItem]] | None = None
+
+        def settle() -> None:
+            """Wait for the import in flight; report and commit its jobs."""
+            nonlocal chunks, inflight
+            if inflight is None:
+                return
+            future, by_id = inflight
+            inflight = None
+            jobs = {iid: self._job(pid, tid, by_id[iid]) for iid, tid in future.result().items()}
+            report.pushed.update(jobs)
+            chunks += 1
+            if on_pushed is not None and jobs:
+                on_pushed(jobs)
+
+        with (
+            progress_bar(
+                total=len(todo), desc="push labelstudio", unit="task", enabled=progress
+            ) as bar,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-import") as importer,
+        ):
             for start in range(0, len(todo), self.chunk_size):
                 chunk = todo[start : start + self.chunk_size]
                 if upload:
@@ -332,15 +359,10 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
                 bar.update(len(chunk))
                 if not tasks:
                     continue
+                settle()
                 by_id = {it.image_id: it for it, _ in tasks}
-                jobs = {
-                    iid: self._job(pid, tid, by_id[iid])
-                    for iid, tid in self._import_chunk(pid, tasks).items()
-                }
-                report.pushed.update(jobs)
-                chunks += 1
-                if on_pushed is not None and jobs:
-                    on_pushed(jobs)
+                inflight = (importer.submit(self._import_chunk, pid, tasks), by_id)
+            settle()
         report.details["chunks"] = chunks
         return report
 
@@ -498,7 +520,12 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
 
     def _local_url(self, item: PushItem) -> str:
         root = self._root()
-        path = Path(item.display_png).resolve()
+        png = Path(item.display_png)
+        # Resolving every path costs a few lstat calls per image; the images share a folder.
+        folder = self._resolved_dirs.get(png.parent)
+        if folder is None:
+            folder = self._resolved_dirs[png.parent] = png.parent.resolve()
+        path = folder / png.name  # camlabel writes display PNGs as files, never links
         try:
             rel = path.relative_to(root)
         except ValueError:
@@ -636,9 +663,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
                 )
                 seen: set[str] = set()
                 tasks = (
-                    self._changed_tasks(pid, filters)
-                    if since
-                    else self._export_all(pid, len(pjobs))
+                    self._changed_tasks(pid, filters) if since else self._export_tasks(pid, pjobs)
                 )
                 predictions = LazyPredictions(self, pid)
                 for task in self._one_task_per_image(pid, tasks, pjobs, report, seen):
@@ -670,7 +695,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
     def _one_task_per_image(
         self,
         pid: int,
-        tasks: Sequence[Mapping[str, Any]],
+        tasks: Iterable[Mapping[str, Any]],
         pjobs: Mapping[str, JobRef],
         report: PullReport,
         seen: set[str],
@@ -705,27 +730,48 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
             out.append(group[0])
         return out
 
-    def _export_all(self, pid: int, expected: int) -> list[dict[str, Any]]:
-        """Every task of the project with its annotations: the JSON export (one request).
+    def _export_tasks(self, pid: int, pjobs: Mapping[str, JobRef]) -> Iterator[dict[str, Any]]:
+        """The tasks of ``pjobs``' images with their annotations, from the JSON export, page by page.
 
-        A third faster than the Data Manager list for a full read; predictions come as ids
-        (resolved by :class:`LazyPredictions` only when needed).
+        Which tasks: every task of those images in the project, from one id-only listing by
+        content hash, so that an image published twice (an older version's race, or by hand)
+        is exported twice and reported by :meth:`_one_task_per_image`, and an image whose task
+        is not under the id the ledger knows (deleted and re-imported, a ledger restored from a
+        backup) is found. Predictions come as ids (resolved by :class:`LazyPredictions` only
+        when needed).
         """
-        timeout = self.timeout + 0.05 * expected  # ~10 s more per 200 tasks on a slow server
+        listed = self.tasks_by_image(pid)
+        ids = sorted({task_id for iid in pjobs for task_id in listed.get(iid, ())})
+        yield from self._export_pages(pid, ids)
 
-        def send() -> bytes:
-            chunks = self.ls.projects.exports.download_sync(
-                pid,
-                export_type="JSON",
-                download_all_tasks=True,
-                request_options={"max_retries": 0, "timeout": timeout},
-            )
-            return b"".join(chunks)
+    def _export_pages(self, pid: int, ids: Sequence[int]) -> Iterator[dict[str, Any]]:
+        """The export of ``ids``, ``EXPORT_PAGE`` per request, the next page fetched in the background."""
+        pages = [ids[i : i + EXPORT_PAGE] for i in range(0, len(ids), EXPORT_PAGE)]
+        if not pages:
+            return  # an export without ids[] would return the whole project
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ls-export") as exporter:
+            future = exporter.submit(self._export_page, pid, pages[0])
+            for following in [*pages[1:], None]:
+                page = future.result()
+                if following is not None:
+                    future = exporter.submit(self._export_page, pid, following)
+                yield from page
 
-        self.ls  # noqa: B018
-        data = self._retrying(f"export the tasks of project {pid}", send)
+    def _export_page(self, pid: int, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """One JSON export request for these task ids (idempotent: retried like a read)."""
+        resp = self._raw(
+            f"export {len(ids)} task(s) of project {pid}",
+            "GET",
+            f"/api/projects/{pid}/export",
+            params=[
+                ("exportType", "JSON"),
+                ("download_all_tasks", "true"),
+                *(("ids[]", str(i)) for i in ids),
+            ],
+            timeout=self.timeout + 0.05 * len(ids),  # ~10 s more per 200 tasks on a slow server
+        )
         try:
-            tasks = json.loads(data)
+            tasks = json.loads(resp.content)
         except ValueError as exc:
             raise BackendError(
                 f"Label Studio at {self.url}: the JSON export of project {pid} is not JSON ({exc})"

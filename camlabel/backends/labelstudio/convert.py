@@ -418,7 +418,7 @@ def _convert(
             f"{where}: 'result' must be a list of regions. Received: {type(results).__name__}"
         )
     polys: list[PolygonPx] = []
-    brush = np.zeros((height, width), dtype=bool)
+    brush: np.ndarray | None = None  # allocated at the first stroke only
     has_brush = False
     class_choice: str | None = None
     regions: list[Mapping[str, Any]] = []
@@ -478,7 +478,7 @@ def _convert(
                 ) from None
             if not stroke.any():
                 raise AnnotationError(f"{what}: the brush stroke covers no pixel of the image")
-            brush |= stroke
+            brush = stroke if brush is None else brush | stroke
             has_brush = True
             continue
         pts = value.get("points")
@@ -502,7 +502,9 @@ def _convert(
                 hint="redraw or delete the region in Label Studio",
             )
         polys.extend(parts)
-    mask = polygons_to_mask(polys, height, width) | brush
+    mask = polygons_to_mask(polys, height, width)
+    if brush is not None:
+        mask |= brush
     record = Annotation(
         status="submitted",
         polygons=tuple(p.to_json() for p in polys),

@@ -9,6 +9,11 @@ Layout inside a workspace ``WS``:
 - ``WS/labelstudio/``: the server's data dir (SQLite database, uploads), plus ``server.log``
   and ``server.json`` (pid, port, URL of the running server).
 - ``WS/secrets/labelstudio.json`` (0600): the admin e-mail, password and API token.
+- With ``--database postgresql://USER@HOST:PORT/DB`` the tables live in that PostgreSQL
+  database instead of ``label_studio.sqlite3``; ``WS/labelstudio/database.json`` records the
+  (password-free) URL so later starts reuse it. The password comes from
+  ``$CAMLABEL_LS_DB_PASSWORD``, ``$PGPASSWORD`` or ``WS/secrets/labelstudio-db.json`` and
+  reaches the server only through its environment (never its command line, a log or status).
 
 A new data dir is a copy of a migrated, user-less template (``label-studio init`` takes ~40 s
 of migrations; copying takes well under a second), cached in ``$CAMLABEL_LS_TEMPLATE`` or
@@ -38,6 +43,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +73,11 @@ _STARTED_RE = re.compile(r"Starting development server at https?://[^:/\s]+:(\d+
 # Unprefixed names Label Studio falls back to; inherited values would silently change its
 # admin user, listen port or URL prefix.
 _UNSAFE_ENV = ("USERNAME", "PASSWORD", "PORT", "HOST", "USER_TOKEN")
+# Database settings a shell may carry for another Label Studio: only start() chooses the database.
+_DB_ENV_PREFIXES = ("DJANGO_DB", "DATABASE_NAME", "POSTGRE_", "MYSQL_")
+DB_STATE_NAME = "database.json"
+DB_SECRETS_NAME = "labelstudio-db.json"
+DB_PASSWORD_ENV = ("CAMLABEL_LS_DB_PASSWORD", "PGPASSWORD")
 # Children we started in this process, so stop() can reap them (no zombie lingers).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -91,6 +102,80 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class Database:
+    """A PostgreSQL database for the embedded server. Holds no password (see ``db_password``)."""
+
+    user: str
+    host: str
+    port: int
+    name: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    @classmethod
+    def parse(cls, url: str) -> Database:
+        """``postgresql://USER@HOST[:PORT]/DB`` (port 5432 by default); a password is refused."""
+        example = "postgresql://labelstudio@db.example.org:5432/labelstudio"
+        try:
+            parts = urllib.parse.urlsplit(url.strip())
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise UsageError(
+                f"--database is not a PostgreSQL URL ({exc}). Received: {_redact(url)}",
+                hint=f"for example {example}",
+            ) from exc
+        if parts.password is not None:
+            raise UsageError(
+                f"--database must not contain the password (a command line is readable by every "
+                f"local user). Received: {_redact(url)}",
+                hint="drop it from the URL and give it by environment, CAMLABEL_LS_DB_PASSWORD "
+                f"(or PGPASSWORD), or in WS/secrets/{DB_SECRETS_NAME} as "
+                '{"password": "..."} (mode 0600)',
+            )
+        name = parts.path.lstrip("/")
+        if parts.scheme not in ("postgresql", "postgres") or not (
+            parts.username and parts.hostname and name and "/" not in name
+        ):
+            raise UsageError(
+                f"--database must be postgresql://USER@HOST:PORT/DB. Received: {url}",
+                hint=f"for example {example}",
+            )
+        return cls(
+            user=urllib.parse.unquote(parts.username),
+            host=parts.hostname,
+            port=port,
+            name=urllib.parse.unquote(name),
+        )
+
+    def env(self, password: str | None) -> dict[str, str]:
+        """Label Studio's own settings for this database (DJANGO_DB=default is PostgreSQL)."""
+        env = {
+            "DJANGO_DB": "default",
+            "POSTGRE_NAME": self.name,
+            "POSTGRE_USER": self.user,
+            "POSTGRE_HOST": self.host,
+            "POSTGRE_PORT": str(self.port),
+        }
+        if password:
+            env["POSTGRE_PASSWORD"] = password
+        return env
+
+
+def _redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+@dataclass(frozen=True)
 class ServerStatus:
     """What ``status`` reports (secret-free)."""
 
@@ -104,6 +189,7 @@ class ServerStatus:
     version: str | None = None
     started_at: str | None = None
     message: str = ""
+    database: str = "sqlite"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +203,7 @@ class ServerStatus:
             "version": self.version,
             "started_at": self.started_at,
             "message": self.message,
+            "database": self.database,
         }
 
 
@@ -183,7 +270,7 @@ def server_env(
         k: v
         for k, v in os.environ.items()
         if k not in _UNSAFE_ENV
-        and not k.startswith(("LABEL_STUDIO_", "HEARTEX_", "CAMLABEL_LS_"))
+        and not k.startswith(("LABEL_STUDIO_", "HEARTEX_", "CAMLABEL_LS_", *_DB_ENV_PREFIXES))
         and k not in ("DJANGO_SETTINGS_MODULE", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
     }
     env.update(
@@ -275,17 +362,26 @@ def provision_data_dir(
     ls_bin: Path | None = None,
     template: Path | None = None,
     timeout: float = 180.0,
+    database: Database | None = None,
+    db_password: str | None = None,
 ) -> None:
     """Make ``data_dir`` a ready server data dir with this admin user and token (idempotent).
 
     Copies the template, then creates the admin with ``label-studio init`` (a few seconds,
     migrations are already applied). The organisation is created with legacy API tokens
     enabled, so the token works as ``Authorization: Token ...`` (the SDK's default).
+    With a PostgreSQL ``database`` there is no template (it is SQLite): ``init`` migrates that
+    database (about a minute) and ``data_dir`` keeps only media, logs and Django's secret key.
     """
     if (data_dir / READY_MARKER).exists():
         return
     ls_bin = ls_bin or find_ls_bin()
-    if not (data_dir / "label_studio.sqlite3").exists():
+    if database is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        _write_atomic(data_dir / DB_STATE_NAME, {"url": database.url})
+        timeout = max(timeout, 900.0)
+    elif not (data_dir / "label_studio.sqlite3").exists():
         template = template or prepare_template(ls_bin)
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.", dir=data_dir.parent))
@@ -312,6 +408,7 @@ def provision_data_dir(
             "LABEL_STUDIO_USERNAME": credentials.email,
             "LABEL_STUDIO_PASSWORD": credentials.password,
             "LABEL_STUDIO_USER_TOKEN": credentials.token,
+            **(database.env(db_password) if database is not None else {}),
         },
     )
     _run(
@@ -496,6 +593,7 @@ def start_server(
     ls_bin: Path | None = None,
     timeout: float = 120.0,
     log_path: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> ServerProcess:
     """Start ``label-studio start`` on 127.0.0.1 for a provisioned ``data_dir``; wait for /health.
 
@@ -526,7 +624,7 @@ def start_server(
         log.flush()
         proc = subprocess.Popen(
             cmd,
-            env=server_env(data_dir, document_root.resolve()),
+            env=server_env(data_dir, document_root.resolve(), extra_env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -632,6 +730,60 @@ def _read_state(ws: Workspace) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+def recorded_database(ws: Workspace) -> Database | None:
+    """The PostgreSQL database the workspace's server was set up on; None for SQLite."""
+    url = _json_field(
+        data_dir(ws) / DB_STATE_NAME,
+        "url",
+        hint='restore it as {"url": "postgresql://USER@HOST:PORT/DB"} (the database this '
+        "server was set up on)",
+    )
+    return Database.parse(url) if url is not None else None
+
+
+def db_password(ws: Workspace) -> str | None:
+    """The database password: ``$CAMLABEL_LS_DB_PASSWORD`` > ``$PGPASSWORD`` > the secrets file."""
+    for name in DB_PASSWORD_ENV:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return _json_field(
+        ws.dir("secrets") / DB_SECRETS_NAME,
+        "password",
+        hint='write it as {"password": "..."} with mode 0600, or set CAMLABEL_LS_DB_PASSWORD',
+    )
+
+
+def _json_field(path: Path, key: str, *, hint: str) -> str | None:
+    """``key`` of the small JSON object in ``path``; None when the file does not exist."""
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))[key])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path} is unreadable or has no {key!r} ({type(exc).__name__})", hint=hint
+        ) from exc
+
+
+def _resolve_database(ws: Workspace, requested: str | None) -> Database | None:
+    """The database to start on: the recorded one; ``requested`` must agree with it."""
+    recorded = recorded_database(ws)
+    if requested is None:
+        return recorded
+    db = Database.parse(requested)
+    dd = data_dir(ws)
+    if (dd / READY_MARKER).exists() and db != recorded:
+        now = recorded.url if recorded else f"SQLite ({dd / 'label_studio.sqlite3'})"
+        raise ConfigError(
+            f"this workspace's Label Studio was set up on {now}, not {db.url}",
+            hint=f"start it without --database (its tasks are there); to move to another "
+            f"database, stop the server, move {dd} and {secrets_path(ws)} away, start with "
+            "--database and re-run push-jobs",
+        )
+    return db
+
+
 def running_url(ws: Workspace) -> str | None:
     """URL of the workspace's embedded server when it is running (PID alive and really it)."""
     st = status(ws)
@@ -648,6 +800,7 @@ def status(ws: Workspace) -> ServerStatus:
     pid = int(state.get("pid", 0))
     url = state.get("url")
     common: dict[str, Any] = {
+        "database": str(state.get("database") or "sqlite"),
         "data_dir": dd,
         "log_path": dd / LOG_NAME,
         "version": state.get("version"),
@@ -673,11 +826,15 @@ def start(
     port: int | None = None,
     ls_bin: str | Path | None = None,
     timeout: float = 120.0,
+    database: str | None = None,
 ) -> tuple[ServerStatus, Credentials, bool]:
     """Start the workspace's embedded server (set it up on first use). Idempotent.
 
+    ``database`` (``postgresql://USER@HOST:PORT/DB``) puts its tables in an existing
+    PostgreSQL database on first use; later starts reuse the recorded one.
     Returns (status, credentials, started): ``started`` is False when it was already running.
     """
+    db = _resolve_database(ws, database)
     current = status(ws)
     creds_now = load_credentials(ws)
     dd = data_dir(ws)
@@ -695,17 +852,27 @@ def start(
             hint=f"stop it first: camlabel labelstudio stop -w {ws.root}",
         )
     binary = find_ls_bin(ls_bin)
+    password = db_password(ws) if db is not None else None
+    db_env = db.env(password) if db is not None else {}
     creds = creds_now
     if creds is None or not (dd / READY_MARKER).exists():
         if creds is None:
             creds = Credentials.generate()
             # Written before the user is created: a crash in between is redone with the same login.
             _write_secret(secrets_path(ws), {**creds.to_json(), "created_at": _now()})
-        provision_data_dir(dd, creds, ls_bin=binary)
+        try:
+            provision_data_dir(dd, creds, ls_bin=binary, database=db, db_password=password)
+        except BackendError as exc:
+            raise _database_hint(exc, db) from exc
     want = port if port is not None else int(ws.config.get("labelstudio", {}).get("port") or 8089)
     if want <= 0 or want > 65535:
         raise UsageError(f"--port must be in 1..65535. Received: port={want}")
-    proc = start_server(dd, document_root=ws.root, port=want, ls_bin=binary, timeout=timeout)
+    try:
+        proc = start_server(
+            dd, document_root=ws.root, port=want, ls_bin=binary, timeout=timeout, extra_env=db_env
+        )
+    except BackendError as exc:
+        raise _database_hint(exc, db) from exc
     if not token_works(proc.url, creds.token):
         kill_process(proc.pid, dd, grace=5.0)
         raise BackendError(
@@ -713,11 +880,26 @@ def start(
             hint=f"the database and the login file do not belong together: move {dd} and that "
             "file away and start again (a new, empty server), or restore both from a backup",
         )
-    state = {**proc.to_json(), "ls_bin": str(binary), "requested_port": want}
-    tmp = _state_path(ws).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, _state_path(ws))
+    state = {
+        **proc.to_json(),
+        "ls_bin": str(binary),
+        "requested_port": want,
+        "database": db.url if db is not None else "sqlite",
+    }
+    _write_atomic(_state_path(ws), state)
     return status(ws), creds, True
+
+
+def _database_hint(exc: BackendError, db: Database | None) -> BackendError:
+    """``exc`` with a hint about the PostgreSQL connection when one is used."""
+    if db is None:
+        return exc
+    return type(exc)(
+        exc.message,
+        hint=f"check that {db.url} is reachable and the password is right "
+        f"(CAMLABEL_LS_DB_PASSWORD, PGPASSWORD or WS/secrets/{DB_SECRETS_NAME}); "
+        "the user must be allowed to create tables in that database",
+    )
 
 
 def stop(ws: Workspace, *, grace: float = 10.0) -> bool:
@@ -733,6 +915,12 @@ def stop(ws: Workspace, *, grace: float = 10.0) -> bool:
 # --------------------------------------------------------------------------- helpers
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dict(data), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _read_from(path: Path, offset: int) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import email.utils
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from html import escape
 from typing import Any
@@ -111,8 +112,6 @@ class LabelStudioTasks(LabelStudioClient):
 
     def prediction(self, item: PushItem) -> dict[str, Any] | None:
         """The pre-annotation as a Label Studio prediction (points in percent of the original size)."""
-        from camlabel.geometry import px_to_pct
-
         pre: Preannotation | None = item.preannotation
         result: list[dict[str, Any]] = []
         if pre is not None and any(poly.get("holes") for poly in pre.polygons):
@@ -120,9 +119,7 @@ class LabelStudioTasks(LabelStudioClient):
         elif pre is not None:
             for i, poly in enumerate(pre.polygons):
                 # Label Studio polygons have no holes; only the exterior is offered.
-                pts = px_to_pct(
-                    np.asarray(poly["exterior"], dtype=np.float64), item.width, item.height
-                )
+                pts = _points_pct(poly["exterior"], item.width, item.height)
                 result.append(
                     {
                         "id": f"cam{i}",
@@ -133,7 +130,7 @@ class LabelStudioTasks(LabelStudioClient):
                         "original_height": item.height,
                         "image_rotation": 0,
                         "value": {
-                            "points": pts.tolist(),
+                            "points": pts,
                             "closed": True,
                             "polygonlabels": [self.lesion_label],
                         },
@@ -289,6 +286,23 @@ class LabelStudioTasks(LabelStudioClient):
         return when.strftime(_TS_FORMAT)
 
 
+def _points_pct(exterior: Any, width: int, height: int) -> list[list[float]]:
+    """``geometry.px_to_pct`` of a ledger polygon as lists, the same floats without numpy.
+
+    A push builds one per polygon: plain Python is ~5x cheaper than an array round trip for
+    a few dozen vertices. Anything unusual takes the validating numpy path (and its errors).
+    """
+    try:
+        out = [[float(x) * 100.0 / width, float(y) * 100.0 / height] for x, y in exterior]
+    except (TypeError, ValueError):
+        out = []
+    if not out or not all(math.isfinite(x) and math.isfinite(y) for x, y in out):
+        from camlabel.geometry import px_to_pct
+
+        return list(px_to_pct(np.asarray(exterior, dtype=np.float64), width, height).tolist())
+    return out
+
+
 class LazyUsers:
     """Annotator names (e-mail as Label Studio gives it, else the user id), fetched once if needed."""
 
@@ -304,12 +318,19 @@ class LazyUsers:
         if self._names is None:
             self._names = {}
             try:
-                for u in self._backend._call("list users", self._backend.ls.users.list):
-                    if u.id is not None:
-                        self._names[int(u.id)] = str(u.email or u.username or u.id)
+                # Plain JSON: the SDK's typed user models cost ~1 s to import and build.
+                listed = self._backend._raw("list users", "GET", "/api/users/").json()
             except BackendError as exc:
                 if isinstance(exc, BackendUnavailable):
                     raise
+                listed = []
+            except ValueError:
+                listed = []
+            if isinstance(listed, Mapping):  # a paginated answer
+                listed = listed.get("results") or []
+            for u in listed if isinstance(listed, list) else []:
+                if isinstance(u, Mapping) and u.get("id") is not None:
+                    self._names[int(u["id"])] = str(u.get("email") or u.get("username") or u["id"])
         try:
             return self._names.get(int(user), str(user))
         except (TypeError, ValueError):
