@@ -14,6 +14,7 @@ from camlabel.cli.common import (
     show_progress,
     workspace_option,
 )
+from camlabel.errors import BatchError
 
 
 @click.command()
@@ -54,10 +55,15 @@ def add(
         )
         for path, image_id in report.duplicates:
             info(f"  duplicate: {path} (same pixels as {image_id[:12]})")
+    if report.failures and not (report.added or report.already_present):
+        raise BatchError(
+            f"no image added: {len(report.failures)} file(s) could not be read (listed below)",
+            [(str(path), reason) for path, reason in report.failures],
+            hint="give PNG, JPEG, TIFF or DICOM files, or folders holding them",
+        )
+    if not as_json:
         for path, reason in report.failures:
             info(f"  failed: {path}: {reason}")
-    if report.failures and not (report.added or report.already_present):
-        raise SystemExit(1)
 
 
 @click.command("import-annotations")

@@ -18,6 +18,7 @@ from camlabel.cli.common import (
     show_progress,
     workspace_option,
 )
+from camlabel.errors import BatchError
 
 
 @click.command("train-seg")
@@ -414,9 +415,13 @@ def preannotate(
             f"{source}: {s.preannotated} image(s) pre-annotated ({s.empty} without a region), "
             f"{s.unchanged} unchanged, {s.skipped_annotated} already published/annotated"
         )
-        print_failures(s.failures, "image")
     if s.failures:
-        raise SystemExit(1)
+        raise BatchError(
+            f"{source}: {len(s.failures)} image(s) not pre-annotated; the others were "
+            "(listed below)",
+            list(s.failures),
+            hint="fix what each line names and run preannotate again (done images are kept)",
+        )
 
 
 COMMANDS = [train_seg, predict, preannotate]
