@@ -83,6 +83,10 @@ def _register() -> None:
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(labelstudio.labelstudio)
+    from camlabel.cli import ledger
+
+    for cmd in ledger.COMMANDS:
+        cli.add_command(cmd)
 
 
 _register()
