@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from camlabel.errors import LedgerError
 from camlabel.ledger import atomic_write_text
@@ -134,3 +136,51 @@ class Ledger:
     def update(self, image_id: str, fn: Callable[[ImageRecord], ImageRecord]) -> ImageRecord:
         with self.transaction() as txn:
             return txn.update(image_id, fn)
+
+
+def status_by_pass(recs: list[ImageRecord], root: Path) -> dict[str, Any]:
+    """camlabel status as it was computed before (loop.workspace_status): one pass over
+    every parsed record."""
+    states = {
+        s: 0 for s in ("registered", "preannotated", "pushed", "skipped", "annotated", "masked")
+    }
+    for r in recs:
+        states[r.state] += 1
+    backends: dict[str, dict[str, int]] = {}
+    for r in recs:
+        for name in r.jobs:
+            b = backends.setdefault(name, {"tasks": 0, "annotated": 0, "skipped": 0})
+            b["tasks"] += 1
+            anns = [a for a in r.annotations if a.backend == name and a.status != "deleted"]
+            if any(a.status == "submitted" for a in anns):
+                b["annotated"] += 1
+            elif anns:
+                b["skipped"] += 1
+    submitted = [a for r in recs for a in r.annotations if a.status == "submitted"]
+    accepted = [a.accepted_unchanged for a in submitted if a.accepted_unchanged is not None]
+    lead = [a.lead_time_s for a in submitted if a.lead_time_s is not None]
+    masks = [r.mask for r in recs if r.mask is not None]
+    pre_iou = [m.preannotation_iou for m in masks if m.preannotation_iou is not None]
+    agree = [m.agreement_dice for m in masks if m.agreement_dice is not None]
+    labels: dict[str, int] = {}
+    for r in recs:
+        key = "unknown" if r.label is None else r.label
+        labels[key] = labels.get(key, 0) + 1
+    return {
+        "workspace": str(root),
+        "images": len(recs),
+        "states": states,
+        "labels": labels,
+        "backends": backends,
+        "effort": {
+            "annotated": len(submitted),
+            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
+            "preannotation_iou_mean": statistics.fmean(pre_iou) if pre_iou else None,
+            "lead_time_s_median": statistics.median(lead) if lead else None,
+        },
+        "masks": {
+            "count": len(masks),
+            "agreement_dice_mean": statistics.fmean(agree) if agree else None,
+            "multi_annotator": len(agree),
+        },
+    }

@@ -1,8 +1,12 @@
 """The workspace ledger: one SQLite row per image, keyed by content hash.
 
 Guarantees:
-- **Atomic**: a transaction is one SQLite transaction (WAL journal, ``synchronous=FULL``);
-  a crash at any point, ``kill -9`` included, leaves the last committed state.
+- **Atomic**: a transaction is one SQLite transaction (WAL journal); a process crash at any
+  point, ``kill -9`` included, leaves the last committed state. Commits are not fsync'ed one
+  by one (``synchronous=NORMAL``, SQLite's setting for WAL): after a power loss or OS crash
+  the ledger is still consistent but may lack its last commits, which a re-run redoes.
+  ``transaction(durable=True)`` fsyncs that commit, for a write that something outside the
+  ledger (the pull cursor) relies on.
 - **Serialized**: a transaction starts with ``BEGIN IMMEDIATE`` (the single write lock) and
   reads under it, so concurrent writers never lose updates; readers never block on a writer.
 - **No duplicates**: rows are keyed by ``image_id``; a re-run updates in place.
@@ -269,7 +273,8 @@ class Ledger:
                     self.path, timeout=120, isolation_level=None, check_same_thread=False
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection
                 conn.execute("PRAGMA foreign_keys=OFF")
                 conn.executescript(_SCHEMA)
             except sqlite3.DatabaseError as exc:
@@ -282,6 +287,15 @@ class Ledger:
         if self.jsonl_path.exists():
             self._migrate_jsonl(conn)
         return conn
+
+    def __getstate__(self) -> dict[str, Any]:
+        # connections and locks stay with their process: a pickled ledger reconnects
+        return {k: v for k, v in self.__dict__.items() if k not in ("_conns", "_guard")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._conns = {}
+        self._guard = threading.Lock()
 
     def close(self) -> None:
         """Close this process's connections (they also close when the object is collected)."""
@@ -465,12 +479,13 @@ class Ledger:
         )
         return [r[0] for r in rows]
 
-    def with_preannotation(self) -> list[ImageRecord]:
-        """Records that have a pre-annotation, sorted by image id (by index)."""
+    def with_preannotation(self) -> Iterator[ImageRecord]:
+        """Records that have a pre-annotation, sorted by image id (by index), streamed."""
         rows = self._conn().execute(
             "SELECT record FROM images WHERE has_preannotation = 1 ORDER BY image_id"
         )
-        return [self._parse(r[0]) for r in rows]
+        for (raw,) in rows:
+            yield self._parse(raw)
 
     def jobs_for(self, backend: str) -> dict[str, JobRef]:
         """image id -> the job on ``backend`` for every image pushed there (no record parsing)."""
@@ -541,14 +556,24 @@ class Ledger:
 
     # -- writing ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[LedgerTransaction]:
-        """Take the write lock, yield a view; commit the changed records if no exception."""
+    def transaction(self, *, durable: bool = False) -> Iterator[LedgerTransaction]:
+        """Take the write lock, yield a view; commit the changed records if no exception.
+
+        ``durable``: the commit is on disk (fsync'ed) when the block exits, not only safe
+        from a process crash.
+        """
         conn = self._conn()
-        with self._write_txn(conn):
-            txn = LedgerTransaction(self, conn)
-            yield txn
-            if txn.dirty:
-                self._write_records(conn, txn.changed)
+        if durable:
+            conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._write_txn(conn):
+                txn = LedgerTransaction(self, conn)
+                yield txn
+                if txn.dirty:
+                    self._write_records(conn, txn.changed)
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
 
     def put(self, record: ImageRecord) -> None:
         with self.transaction() as txn:

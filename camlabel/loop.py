@@ -168,7 +168,7 @@ def pull_masks(
     summary.tasks = len(report.outcomes)
     summary.failed.extend(report.failures)
 
-    with ws.ledger.transaction() as txn:
+    with ws.ledger.transaction(durable=True) as txn:  # the cursor below relies on it
         for outcome in report.outcomes:
             rec = txn.get(outcome.image_id)
             if rec is None:
