@@ -224,6 +224,7 @@ def run_gradcam(
     all_images: bool = False,
     target: str | None = None,
     progress: bool = False,
+    select: Callable[[Path], bool] | None = None,
 ) -> GradcamSummary:
     """Register images, compute fused CAMs in batches, write heatmaps/overlays, update the ledger.
 
@@ -237,6 +238,7 @@ def run_gradcam(
     whose file exists) are skipped; the ledger is written after every batch. An existing
     pre-annotation is replaced only while the image is not yet pushed or annotated, and
     only if it came from a CAM method. Unreadable images are reported in ``failures``.
+    ``select`` keeps only the input paths it accepts (a shard, see :mod:`camlabel.shards`).
     """
     from camlabel.cam import get_cam_method
     from camlabel.imaging import read_image, write_png_atomic
@@ -254,6 +256,10 @@ def run_gradcam(
             )
         target_idx = clf.classes.index(target)
     listing = resolve_inputs(inputs, clf.classes)
+    if select is not None:  # e.g. one shard of the images (camlabel.shards)
+        import dataclasses
+
+        listing = dataclasses.replace(listing, paths=[p for p in listing.paths if select(p)])
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
     )

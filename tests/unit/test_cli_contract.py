@@ -30,6 +30,8 @@ COMMANDS = [
     "report",
     "demo",
     "labelstudio",
+    "merge-shards",
+    "ledger",
 ]
 
 
