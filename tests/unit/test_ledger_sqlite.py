@@ -26,6 +26,7 @@ from camlabel.ledger import Ledger, record_line
 from camlabel.loop import workspace_status
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo, Preannotation
 from camlabel.workspace import Workspace
+from tests.unit.test_ledger import rec
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "manifests" / "ledger.schema.json").read_text())
@@ -40,19 +41,6 @@ def _legacy() -> Any:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def rec(i: int, **kw: Any) -> ImageRecord:
-    iid = f"{i:064x}"
-    return ImageRecord(
-        image_id=iid,
-        source_path=f"/x/{i}.png",
-        source_format="png",
-        width=40,
-        height=30,
-        display_path=f"images/{iid}.png",
-        **kw,
-    )
 
 
 def ann(aid: str, status: str, backend: str = "labelstudio", **kw: Any) -> Annotation:

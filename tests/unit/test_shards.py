@@ -15,28 +15,10 @@ from camlabel.records import JobRef
 from camlabel.shards import parse_shard, shard_of
 from camlabel.workspace import Workspace
 
-keras = pytest.importorskip("keras")
+pytest.importorskip("keras")
 
-from camlabel.cli.main import cli  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from camlabel.phantoms import generate_phantoms
-
-    out = tmp_path_factory.mktemp("phantoms")
-    generate_phantoms(out, count=6, seed=5, size=96)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from camlabel.models.ensemble import build_ensemble
-
-    keras.utils.set_random_seed(11)
-    path = tmp_path_factory.mktemp("model") / "cls.keras"
-    build_ensemble(image_size=64, backbones=("efficientnetb0",)).save(path)
-    return path
+from camlabel.cli.main import cli
+from tests.unit.test_classify_cli import model_path, phantoms  # noqa: F401  (fixtures)
 
 
 def test_parse_shard() -> None:
@@ -64,6 +46,12 @@ def test_shards_partition_the_files_by_content(tmp_path: Path) -> None:
     assert {shard_of(p, 3) for p in files} == {0, 1, 2}
 
 
+def _merge(ws: Workspace, *dirs: Path) -> dict:  # type: ignore[type-arg]
+    r = CliRunner().invoke(cli, ["merge-shards", *map(str, dirs), "-w", str(ws.root), "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
 def _export(ws: Path, out: Path) -> bytes:
     r = CliRunner().invoke(cli, ["ledger", "export", "-w", str(ws), "--jsonl", str(out)])
     assert r.exit_code == 0, r.output
@@ -72,7 +60,9 @@ def _export(ws: Path, out: Path) -> bytes:
 
 @pytest.mark.slow
 def test_two_shards_merge_idempotently_and_equal_one_run(
-    tmp_path: Path, phantoms: Path, model_path: Path
+    tmp_path: Path,
+    phantoms: Path,  # noqa: F811  (the imported fixture)
+    model_path: Path,  # noqa: F811
 ) -> None:
     images = str(phantoms / "images")
     single = Workspace.init(tmp_path / "single")
@@ -111,18 +101,14 @@ def test_two_shards_merge_idempotently_and_equal_one_run(
     ]
     assert shard_ids[0] and shard_ids[1] and not shard_ids[0] & shard_ids[1]
 
-    r = CliRunner().invoke(cli, ["merge-shards", *map(str, dirs), "-w", str(ws.root), "--json"])
-    assert r.exit_code == 0, r.output
-    first = json.loads(r.stdout)
-    assert first["added"] == 6 and first["unchanged"] == 0 and first["files_copied"] == 18
+    first = _merge(ws, *dirs)
+    assert first["added"] == 9 and first["unchanged"] == 0 and first["files_copied"] == 27
     once = _export(ws.root, tmp_path / "once.jsonl")
 
     # merged again, and after a shard re-run (everything skipped): nothing changes
-    r = CliRunner().invoke(cli, ["merge-shards", *map(str, dirs), "-w", str(ws.root), "--json"])
-    assert r.exit_code == 0, r.output
-    again = json.loads(r.stdout)
+    again = _merge(ws, *dirs)
     assert (again["unchanged"], again["added"], again["updated"], again["files_copied"]) == (
-        6,
+        9,
         0,
         0,
         0,
@@ -142,8 +128,7 @@ def test_two_shards_merge_idempotently_and_equal_one_run(
         ],
     )
     assert r.exit_code == 0 and json.loads(r.stdout)["processed"] == 0
-    r = CliRunner().invoke(cli, ["merge-shards", str(dirs[0]), "-w", str(ws.root)])
-    assert r.exit_code == 0, r.output
+    assert _merge(ws, dirs[0])["unchanged"] == len(shard_ids[0])
     assert _export(ws.root, tmp_path / "twice.jsonl") == once
 
     # the union is the unsharded run: same images, same predictions, same heatmaps
@@ -166,8 +151,7 @@ def test_two_shards_merge_idempotently_and_equal_one_run(
     ws.ledger.update(
         iid, lambda r: r.evolve(preannotation=None).with_job(JobRef("labelstudio", "1", "7"))
     )
-    r = CliRunner().invoke(cli, ["merge-shards", *map(str, dirs), "-w", str(ws.root), "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["unchanged"] == 6
+    assert _merge(ws, *dirs)["unchanged"] == 9
     assert ws.ledger.get(iid).preannotation is None
 
     r = CliRunner().invoke(cli, ["merge-shards", str(tmp_path), "-w", str(ws.root)])
