@@ -68,7 +68,8 @@ CREATE INDEX IF NOT EXISTS images_state ON images(state);
 CREATE INDEX IF NOT EXISTS images_round ON images(round);
 CREATE INDEX IF NOT EXISTS images_label ON images(label);
 CREATE INDEX IF NOT EXISTS images_pre ON images(has_preannotation, image_id);
-CREATE INDEX IF NOT EXISTS images_mask ON images(mask_consensus);
+CREATE INDEX IF NOT EXISTS images_mask
+    ON images(mask_consensus, mask_agreement, mask_preannotation_iou);
 CREATE TABLE IF NOT EXISTS jobs (
     image_id TEXT NOT NULL,
     backend TEXT NOT NULL,
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     PRIMARY KEY (image_id, backend)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs(backend, task);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(backend, annotation_state);
 CREATE TABLE IF NOT EXISTS submitted (
     image_id TEXT NOT NULL,
     backend TEXT NOT NULL,
@@ -88,6 +90,7 @@ CREATE TABLE IF NOT EXISTS submitted (
     PRIMARY KEY (image_id, backend, annotation_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS submitted_lead ON submitted(lead_time_s);
+CREATE INDEX IF NOT EXISTS submitted_accepted ON submitted(accepted_unchanged);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
@@ -510,15 +513,20 @@ class Ledger:
             images = int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
             states = dict(conn.execute("SELECT state, count(*) FROM images GROUP BY state"))
             labels = dict(conn.execute("SELECT label, count(*) FROM images GROUP BY label"))
-            backends = {
-                name: {"tasks": int(n), "annotated": int(a or 0), "skipped": int(s or 0)}
-                for name, n, a, s in conn.execute(
-                    "SELECT backend, count(*), sum(annotation_state = 'annotated'), "
-                    "sum(annotation_state = 'skipped') FROM jobs GROUP BY backend"
-                )
-            }
-            submitted, acc_n, acc_sum = conn.execute(
-                "SELECT count(*), count(accepted_unchanged), sum(accepted_unchanged) FROM submitted"
+            # Every aggregate below is answered from a covering index, never the records.
+            backends: dict[str, dict[str, int]] = {}
+            for name, ann_state, n in conn.execute(
+                "SELECT backend, annotation_state, count(*) FROM jobs "
+                "GROUP BY backend, annotation_state"
+            ):
+                b = backends.setdefault(name, {"tasks": 0, "annotated": 0, "skipped": 0})
+                b["tasks"] += int(n)
+                if ann_state in ("annotated", "skipped"):
+                    b[ann_state] += int(n)
+            submitted = int(conn.execute("SELECT count(*) FROM submitted").fetchone()[0])
+            acc_n, acc_sum = conn.execute(
+                "SELECT count(accepted_unchanged), sum(accepted_unchanged) FROM submitted "
+                "WHERE accepted_unchanged IS NOT NULL"
             ).fetchone()
             n_lead = int(
                 conn.execute(
@@ -538,7 +546,8 @@ class Ledger:
                 lead_median = sum(mid) / len(mid)
             masks, agree_n, agree_mean, iou_n, iou_mean = conn.execute(
                 "SELECT count(mask_consensus), count(mask_agreement), avg(mask_agreement), "
-                "count(mask_preannotation_iou), avg(mask_preannotation_iou) FROM images"
+                "count(mask_preannotation_iou), avg(mask_preannotation_iou) FROM images "
+                "WHERE mask_consensus IS NOT NULL"
             ).fetchone()
         return {
             "images": images,
