@@ -278,6 +278,7 @@ class Ledger:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection
+                conn.execute("PRAGMA mmap_size=2147418112")  # reads from the OS cache, no copy
                 conn.execute("PRAGMA foreign_keys=OFF")
                 conn.executescript(_SCHEMA)
             except sqlite3.DatabaseError as exc:
@@ -483,16 +484,22 @@ class Ledger:
         return [r[0] for r in rows]
 
     def with_preannotation(self) -> Iterator[ImageRecord]:
-        """Records that have a pre-annotation, sorted by image id (by index), streamed."""
+        """Records that have a pre-annotation, streamed in ledger order.
+
+        One sequential pass over the table: at a million rows, visiting them in image-id
+        order through the index costs a random page read per row, several times more.
+        """
         rows = self._conn().execute(
-            "SELECT record FROM images WHERE has_preannotation = 1 ORDER BY image_id"
+            "SELECT record FROM images NOT INDEXED WHERE has_preannotation = 1 ORDER BY seq"
         )
         for (raw,) in rows:
             yield self._parse(raw)
 
     def jobs_for(self, backend: str) -> dict[str, JobRef]:
         """image id -> the job on ``backend`` for every image pushed there (no record parsing)."""
-        rows = self._conn().execute("SELECT image_id, job FROM jobs WHERE backend = ?", (backend,))
+        rows = self._conn().execute(  # sequential, like with_preannotation
+            "SELECT image_id, job FROM jobs WHERE +backend = ?", (backend,)
+        )
         return {iid: JobRef.from_json(json.loads(job)) for iid, job in rows}
 
     def image_for_task(self, backend: str, task: str) -> str | None:

@@ -45,12 +45,8 @@ def push_jobs(
     publishes nothing twice.
     """
     # Planned by index: without --all only the pre-annotated rows are read and parsed.
-    planned = (
-        sorted(ws.ledger.all(), key=lambda r: r.image_id)
-        if include_all
-        else ws.ledger.with_preannotation()
-    )
-    items = [_push_item(ws, rec, backend) for rec in planned]
+    planned = ws.ledger.iter_records() if include_all else ws.ledger.with_preannotation()
+    items = sorted((_push_item(ws, rec, backend) for rec in planned), key=lambda it: it.image_id)
     if not items:
         raise UsageError(
             "nothing to push: no image in the ledger has a pre-annotation",
