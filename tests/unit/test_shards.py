@@ -73,22 +73,15 @@ def test_two_shards_merge_idempotently_and_equal_one_run(
 
     ws = Workspace.init(tmp_path / "ws")
     dirs = []
-    for k in (1, 2):
-        r = CliRunner().invoke(
-            cli,
-            [
-                "gradcam",
-                str(model_path),
-                images,
-                "-w",
-                str(ws.root),
-                "--all",
-                "--shard",
-                f"{k}/2",
-                "--json",
-            ],
-        )
+
+    def shard_run(k: int) -> dict:  # type: ignore[type-arg]
+        args = ["gradcam", str(model_path), images, "-w", str(ws.root), "--all", "--json"]
+        r = CliRunner().invoke(cli, [*args, "--shard", f"{k}/2"])
         assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
+
+    for k in (1, 2):
+        assert shard_run(k)["processed"] > 0
         d = ws.root / "shards" / f"{k}-of-2"
         assert (d / "results.jsonl").is_file() and json.loads((d / "shard.json").read_text())[
             "of"
@@ -113,21 +106,7 @@ def test_two_shards_merge_idempotently_and_equal_one_run(
         0,
         0,
     )
-    r = CliRunner().invoke(
-        cli,
-        [
-            "gradcam",
-            str(model_path),
-            images,
-            "-w",
-            str(ws.root),
-            "--all",
-            "--shard",
-            "1/2",
-            "--json",
-        ],
-    )
-    assert r.exit_code == 0 and json.loads(r.stdout)["processed"] == 0
+    assert shard_run(1)["processed"] == 0
     assert _merge(ws, dirs[0])["unchanged"] == len(shard_ids[0])
     assert _export(ws.root, tmp_path / "twice.jsonl") == once
 
