@@ -25,7 +25,7 @@ import numpy as np
 
 from camlabel import consensus
 from camlabel.backends.base import PullReport, PushItem, PushReport, TaskOutcome, get_backend
-from camlabel.errors import AnnotationError, UsageError, WorkspaceError
+from camlabel.errors import AnnotationError, CamlabelError, UsageError, WorkspaceError
 from camlabel.ledger import atomic_write_text
 from camlabel.locks import DEFAULT_WAIT_S, exclusive
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo
@@ -104,11 +104,9 @@ def _push(
     seed: int,
 ) -> PushReport:
     """:func:`push_jobs`' work, under the push lock: plan (selection, round), publish, commit."""
-    candidates = [
-        rec
-        for rec in sorted(ws.ledger.all(), key=lambda r: r.image_id)
-        if include_all or rec.preannotation is not None
-    ]
+    # Planned by index: without --all only the pre-annotated rows are read and parsed.
+    planned = ws.ledger.iter_records() if include_all else ws.ledger.with_preannotation()
+    candidates = sorted(planned, key=lambda r: r.image_id)
     round_no = round if round is not None else _next_round(ws, backend, candidates)
     if round_no < 1:
         raise UsageError(f"--round must be at least 1. Received: {round_no}")
@@ -294,7 +292,7 @@ def pull_masks(
         consensus.merge([np.zeros((1, 1), bool)], rule)  # raises the listing error
     if k < 1:
         raise UsageError(f"--min-annotations must be >= 1. Received: {k}")
-    jobs = {r.image_id: r.jobs[backend] for r in ws.ledger.all() if backend in r.jobs}
+    jobs = ws.ledger.jobs_for(backend)
     summary = PullSummary(backend=backend)
     if not jobs:
         raise UsageError(
@@ -309,7 +307,7 @@ def pull_masks(
     summary.failed.extend(report.failures)
 
     refused = False
-    with ws.ledger.transaction() as txn:
+    with ws.ledger.transaction(durable=True) as txn:  # the cursor below relies on it
         for outcome in report.outcomes:
             rec = txn.get(outcome.image_id)
             if rec is None:
@@ -334,7 +332,7 @@ def pull_masks(
     # is fixed in the labeling tool, instead of forgetting it.
     if not refused and not any(o.status == "failed" for o in report.outcomes):
         atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
-    if any(r.mask is not None and r.mask.consensus != rule for r in ws.ledger.all()):
+    if any(c is not None and c != rule for c in ws.ledger.count_by("mask_consensus")):
         _remerge_all(ws, rule, k, summary)
     ws.record_run(
         "pull-masks",
@@ -524,65 +522,62 @@ def _safe(s: str) -> str:
 
 
 # --------------------------------------------------------------------------- status
-def workspace_status(ws: Workspace) -> dict[str, Any]:
-    """Counts per state and backend, mask agreement and effort telemetry (JSON-ready)."""
-    recs = ws.ledger.all()
-    states = {
-        s: 0 for s in ("registered", "preannotated", "pushed", "skipped", "annotated", "masked")
-    }
-    for r in recs:
-        states[r.state] += 1
-    backends: dict[str, dict[str, int]] = {}
-    for r in recs:
-        for name in r.jobs:
-            b = backends.setdefault(name, {"tasks": 0, "annotated": 0, "skipped": 0})
-            b["tasks"] += 1
-            anns = [a for a in r.annotations if a.backend == name and a.status != "deleted"]
-            if any(a.status == "submitted" for a in anns):
-                b["annotated"] += 1
-            elif anns:
-                b["skipped"] += 1
-    submitted = [a for r in recs for a in r.annotations if a.status == "submitted"]
-    accepted = [a.accepted_unchanged for a in submitted if a.accepted_unchanged is not None]
-    lead = [a.lead_time_s for a in submitted if a.lead_time_s is not None]
-    masks = [r.mask for r in recs if r.mask is not None]
-    pre_iou = [m.preannotation_iou for m in masks if m.preannotation_iou is not None]
-    agree = [m.agreement_dice for m in masks if m.agreement_dice is not None]
-    return {
+def workspace_status(ws: Workspace, *, detail: bool = True) -> dict[str, Any]:
+    """Counts per state and backend, mask agreement and effort telemetry (JSON-ready).
+
+    The counts come from SQL over the ledger's indexed columns (no record is parsed: well
+    under a second at a million images). ``detail`` adds what needs the records of the
+    annotated images and their mask files: ``masks.missing_files`` (recorded masks deleted or
+    emptied on disk) and ``rounds`` (:func:`round_telemetry`); its cost grows with the number
+    of annotated images, not with the ledger (``camlabel status --fast`` leaves it out).
+    """
+    c = ws.ledger.status_counts()
+    out: dict[str, Any] = {
         "workspace": str(ws.root),
-        "images": len(recs),
-        "states": states,
-        "labels": _count(r.label for r in recs),
-        "backends": backends,
+        "images": c["images"],
+        "states": c["states"],
+        "labels": {"unknown" if k is None else str(k): n for k, n in c["labels"].items()},
+        "backends": c["backends"],
         "effort": {
-            "annotated": len(submitted),
-            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
-            "preannotation_iou_mean": statistics.fmean(pre_iou) if pre_iou else None,
-            "lead_time_s_median": statistics.median(lead) if lead else None,
+            "annotated": c["submitted"],
+            "accepted_unchanged_share": c["accepted_unchanged_share"],
+            "preannotation_iou_mean": c["preannotation_iou_mean"],
+            "lead_time_s_median": c["lead_time_s_median"],
         },
         "masks": {
-            "count": len(masks),
-            # recorded in the ledger but deleted or emptied on disk (pull-masks --full rewrites)
-            "missing_files": sum(
-                1
-                for m in masks
-                if not ws.abs(m.path).is_file() or ws.abs(m.path).stat().st_size == 0
-            ),
-            "agreement_dice_mean": statistics.fmean(agree) if agree else None,
-            "multi_annotator": len(agree),
+            "count": c["masks"],
+            "agreement_dice_mean": c["agreement_dice_mean"],
+            "multi_annotator": c["multi_annotator"],
         },
-        "rounds": round_telemetry(ws, recs),
     }
+    if not detail:
+        return out
+    annotated = list(
+        ws.ledger.get_many(ws.ledger.ids_in_state("annotated", "masked", "skipped")).values()
+    )
+    # recorded in the ledger but deleted or emptied on disk (pull-masks --full rewrites them)
+    out["masks"]["missing_files"] = sum(
+        1
+        for r in annotated
+        if r.mask is not None
+        and (not ws.abs(r.mask.path).is_file() or ws.abs(r.mask.path).stat().st_size == 0)
+    )
+    published = {str(k): n for k, n in ws.ledger.count_by("round").items() if k is not None}
+    out["rounds"] = round_telemetry(ws, annotated, published=published)
+    return out
 
 
-def round_telemetry(ws: Workspace, recs: list[ImageRecord]) -> dict[str, Any]:
+def round_telemetry(
+    ws: Workspace, recs: list[ImageRecord], *, published: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """Effort per labeling round (``JobRef.round``; ``"unknown"`` for images published before
     rounds were recorded): how close the pre-annotations came to what annotators returned.
 
     Per round: images published and masked, the pre-annotation sources, pre-annotation vs final
     mask IoU (median, mean, quartiles, share >= 0.8), the share of annotations accepted
     unchanged, the edited area ``|pre XOR final| / |final|`` (median, mean) and the median
-    lead time.
+    lead time. ``published`` (round -> images published, from the ledger's index) counts the
+    images not annotated yet too; without it only ``recs`` are counted.
     """
     from camlabel.geometry import PolygonPx, polygons_to_mask
     from camlabel.imaging import read_mask_png
@@ -592,6 +587,8 @@ def round_telemetry(ws: Workspace, recs: list[ImageRecord]) -> dict[str, Any]:
         rounds = [j.round for j in rec.jobs.values() if j.round is not None]
         if rec.jobs:
             groups.setdefault(str(min(rounds)) if rounds else "unknown", []).append(rec)
+    for key in published or {}:
+        groups.setdefault(key, [])
     out: dict[str, Any] = {}
     for key in sorted(groups, key=lambda k: (k == "unknown", int(k) if k.isdigit() else 0)):
         group = groups[key]
@@ -601,7 +598,10 @@ def round_telemetry(ws: Workspace, recs: list[ImageRecord]) -> dict[str, Any]:
                 continue
             if rec.mask.preannotation_iou is not None:
                 ious.append(rec.mask.preannotation_iou)
-            final = read_mask_png(ws.abs(rec.mask.path))
+            try:
+                final = read_mask_png(ws.abs(rec.mask.path))
+            except CamlabelError:  # deleted or damaged on disk: counted in masks.missing_files
+                continue
             if final.any():
                 polys = [PolygonPx.from_json(p) for p in rec.preannotation.polygons]
                 pre = polygons_to_mask(polys, rec.height, rec.width) if polys else final & False
@@ -610,7 +610,7 @@ def round_telemetry(ws: Workspace, recs: list[ImageRecord]) -> dict[str, Any]:
         accepted = [a.accepted_unchanged for a in subs if a.accepted_unchanged is not None]
         lead = [a.lead_time_s for a in subs if a.lead_time_s is not None]
         out[key] = {
-            "published": len(group),
+            "published": (published or {}).get(key, len(group)),
             "masked": sum(1 for r in group if r.mask is not None),
             "sources": _count(_source_name(r) for r in group),
             "preannotation_iou": _distribution(ious),

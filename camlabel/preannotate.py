@@ -269,6 +269,7 @@ def run_gradcam(
     refine: str | None = None,
     lung_masks: str | Path | None = None,
     lung_model: str | Path | None = None,
+    select: Callable[[Path], bool] | None = None,
 ) -> GradcamSummary:
     """Register images, compute fused CAMs in batches, write heatmaps/overlays, update the ledger.
 
@@ -289,6 +290,8 @@ def run_gradcam(
     and fall back to their lung-free variant where neither has one (the pre-annotation's
     ``refine`` says which ran). An image whose pre-annotation came from another refinement is
     done again.
+
+    ``select`` keeps only the input paths it accepts (a shard, see :mod:`camlabel.shards`).
     """
     from camlabel.cam import get_cam_method
     from camlabel.cam.refine import get_refinement
@@ -318,6 +321,10 @@ def run_gradcam(
             hint="give image files (PNG, JPEG, TIFF, DICOM), folders holding them, or a "
             "metadata.csv",
         )
+    if select is not None:  # e.g. one shard of the images (camlabel.shards)
+        import dataclasses
+
+        listing = dataclasses.replace(listing, paths=[p for p in listing.paths if select(p)])
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
     )

@@ -3,7 +3,7 @@
 Layout (``camlabel init WS``)::
 
     WS/camlabel.json     settings (classes, image size, CAM and backend settings; see camlabel.config)
-    WS/ledger.jsonl      one record per image (see camlabel.ledger)
+    WS/ledger.db         one SQLite row per image (see camlabel.ledger)
     WS/runs.jsonl        one record per run: command, settings, seeds, versions
     WS/images/           8-bit display PNGs named <sha256>.png (what labeling tools see)
     WS/heatmaps/         CAM heatmaps (<sha256>.npy float16) and overlays
@@ -14,6 +14,7 @@ Layout (``camlabel init WS``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -38,7 +39,7 @@ from camlabel.config import (
     describe,
 )
 from camlabel.errors import ConfigError, WorkspaceError
-from camlabel.ledger import Ledger, atomic_write_text
+from camlabel.ledger import LEDGER_DB, Ledger, atomic_write_text
 from camlabel.records import ImageRecord
 
 FOLDERS = ("images", "heatmaps", "annotations", "masks", "models", "reports", "secrets", "exports")
@@ -161,7 +162,7 @@ class Workspace:
         for name in FOLDERS:
             (root / name).mkdir(exist_ok=True)
         os.chmod(root / "secrets", 0o700)
-        ws.ledger.path.touch(exist_ok=True)
+        len(ws.ledger)  # creates the database (and migrates an old ledger.jsonl)
         return ws
 
     @classmethod
@@ -189,9 +190,10 @@ class Workspace:
         atomic_write_text(self.root / CONFIG_NAME, json.dumps(self.config, indent=2) + "\n")
 
     # -- paths -------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.root / "ledger.jsonl")
+        """The workspace's SQLite ledger (one per Workspace; an old ledger.jsonl is migrated)."""
+        return Ledger(self.root / LEDGER_DB)
 
     def dir(self, name: str) -> Path:
         if name not in FOLDERS:

@@ -314,6 +314,13 @@ def _fail_on(failures: list[Any], what: str) -> None:
 @click.option("--target", default=None, help="Explain this class instead of the predicted one.")
 @refine_option
 @lung_field_options
+@click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    help="Only shard K of N (by file content hash), into WS/shards/K-of-N/; "
+    "merge the shards with camlabel merge-shards.",
+)
 @json_option
 def gradcam(
     model: Path,
@@ -327,6 +334,7 @@ def gradcam(
     refine: str | None,
     lung_masks: Path | None,
     lung_model: Path | None,
+    shard: str | None,
     as_json: bool,
 ) -> None:
     """Grad-CAM heatmaps and pre-annotation polygons for IMAGES (files, folders or a metadata.csv).
@@ -338,20 +346,26 @@ def gradcam(
     from camlabel.preannotate import run_gradcam
 
     ws = open_workspace(workspace)
-    s = run_gradcam(
-        ws,
-        model,
-        list(images),
-        method=method,
-        fusion=fusion,
-        batch_size=batch_size,
-        all_images=all_images,
-        target=target,
-        progress=show_progress(),
-        refine=refine,
-        lung_masks=lung_masks,
-        lung_model=lung_model,
-    )
+    kw: dict[str, Any] = {
+        "method": method,
+        "fusion": fusion,
+        "batch_size": batch_size,
+        "all_images": all_images,
+        "target": target,
+        "progress": show_progress(),
+        "refine": refine,
+        "lung_masks": lung_masks,
+        "lung_model": lung_model,
+    }
+    if shard is not None:
+        from camlabel.shards import parse_shard, run_gradcam_shard
+
+        s, out = run_gradcam_shard(ws, model, list(images), parse_shard(shard), **kw)
+        info(
+            f"shard {shard}: results in {out}; merge with: camlabel merge-shards -w {ws.root} DIR..."
+        )
+    else:
+        s = run_gradcam(ws, model, list(images), **kw)
     for warning in s.warnings:  # also under -q: it changes what the results mean
         click.echo(f"warning: {warning}", err=True)
     if as_json:
@@ -466,4 +480,31 @@ def audit(
     _fail_on(r["failures"], "image")
 
 
-COMMANDS = [train_cls, evaluate, gradcam, audit]
+@click.command("merge-shards")
+@click.argument(
+    "dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@workspace_option
+@json_option
+def merge_shards(dirs: tuple[Path, ...], workspace: Path, as_json: bool) -> None:
+    """Merge Grad-CAM shard folders (gradcam --shard K/N) into the workspace.
+
+    Copies each shard's display PNGs and heatmaps, then merges its records by gradcam's own
+    rule. Idempotent: merging a shard again, or a re-run shard, changes nothing.
+    """
+    from camlabel.shards import merge_shards as merge
+
+    ws = open_workspace(workspace)
+    m = merge(ws, list(dirs))
+    for w in m.warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    if as_json:
+        echo_json(m.to_json())
+    else:
+        click.echo(
+            f"merged {m.shards} shard(s): {m.records} records ({m.added} added, {m.updated} "
+            f"updated, {m.unchanged} unchanged), {m.files_copied} file(s) copied"
+        )
+
+
+COMMANDS = [train_cls, evaluate, gradcam, audit, merge_shards]

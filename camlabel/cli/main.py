@@ -109,16 +109,21 @@ def os_error_hint(exc: OSError) -> str:
 
 
 def _register() -> None:
-    from camlabel.cli import classify, labeling, labelstudio, report, segment, workspace
+    from camlabel.cli import (
+        classify,
+        interop,
+        labeling,
+        labelstudio,
+        ledger,
+        report,
+        segment,
+        workspace,
+    )
 
-    for mod in (workspace, classify, labeling, segment, report):
+    for mod in (workspace, classify, labeling, segment, report, interop, ledger):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(labelstudio.labelstudio)
-    from camlabel.cli import interop
-
-    for cmd in interop.COMMANDS:
-        cli.add_command(cmd)
 
 
 _register()

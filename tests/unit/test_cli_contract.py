@@ -33,6 +33,8 @@ COMMANDS = [
     "add",
     "import-annotations",
     "export",
+    "merge-shards",
+    "ledger",
 ]
 
 

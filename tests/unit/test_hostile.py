@@ -594,12 +594,12 @@ def test_os_errors_become_clear_messages_without_traceback(
     ws = Workspace.init(tmp_path / "ws")
     for code, hint in ((errno.EROFS, "read-only"), (errno.ENOSPC, "disk is full")):
 
-        def fail(_ws: Any, code: int = code) -> Any:
-            raise OSError(code, os.strerror(code), str(ws.root / "ledger.jsonl"))
+        def fail(_ws: Any, code: int = code, **_kw: Any) -> Any:
+            raise OSError(code, os.strerror(code), str(ws.root / "ledger.db"))
 
         monkeypatch.setattr(loop, "workspace_status", fail)
         res = _run("status", "-w", str(ws.root))
         assert res.exit_code == 1 and "Traceback" not in res.output
-        assert str(ws.root / "ledger.jsonl") in res.output and hint in res.output
+        assert str(ws.root / "ledger.db") in res.output and hint in res.output
     with pytest.raises(OSError):  # -vv: the full traceback
         _run("-vv", "status", "-w", str(ws.root))
