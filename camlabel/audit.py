@@ -17,7 +17,7 @@ import numpy as np
 
 from camlabel.classify import load_classifier
 from camlabel.errors import ImageReadError, UsageError
-from camlabel.ledger import atomic_write_text
+from camlabel.fileio import atomic_write_text
 from camlabel.lungs import LungFields
 from camlabel.preannotate import resolve_inputs
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from camlabel.classify import Classifier, load_classifier, sidecar_path
 from camlabel.errors import CamlabelError, UsageError
-from camlabel.ledger import atomic_write_bytes, atomic_write_text
+from camlabel.fileio import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from camlabel.workspace import Workspace

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import cv2
 import numpy as np
 
 from camlabel.errors import ImageReadError
+from camlabel.fileio import atomic_write_bytes
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -603,38 +603,7 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise ValueError(f"OpenCV could not encode a PNG. Received: shape={array.shape}")
-    _write_bytes_atomic(path, encoded.tobytes())
-
-
-def _write_bytes_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported on every filesystem; the rename itself is already atomic
-    finally:
-        os.close(fd)
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:

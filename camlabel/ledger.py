@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from camlabel.errors import LedgerError
+from camlabel.fileio import atomic_write_text
 from camlabel.records import STATES, ImageRecord, JobRef, utcnow
 
 log = logging.getLogger("camlabel.ledger")
@@ -102,26 +102,6 @@ _UPSERT = (
     "mask_consensus=excluded.mask_consensus, mask_agreement=excluded.mask_agreement, "
     "mask_preannotation_iou=excluded.mask_preannotation_iou, record=excluded.record"
 )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename (same folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def record_line(rec: ImageRecord) -> str:

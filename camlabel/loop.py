@@ -26,7 +26,7 @@ import numpy as np
 from camlabel import consensus
 from camlabel.backends.base import PullReport, PushItem, PushReport, TaskOutcome, get_backend
 from camlabel.errors import AnnotationError, CamlabelError, UsageError, WorkspaceError
-from camlabel.ledger import atomic_write_text
+from camlabel.fileio import atomic_write_text
 from camlabel.locks import DEFAULT_WAIT_S, exclusive
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo
 from camlabel.workspace import Workspace

@@ -90,8 +90,8 @@ def generate_phantoms(
     patients (``phantom-p0001``...) get a second image of the same class. Height is ``size``;
     width is 80-100 % of it.
     """
+    from camlabel.fileio import atomic_write_text
     from camlabel.imaging import write_png_atomic
-    from camlabel.ledger import atomic_write_text
     from camlabel.progress import track
 
     classes = tuple(classes)

@@ -26,7 +26,7 @@ import numpy as np
 
 from camlabel.classify import Classifier, load_classifier
 from camlabel.errors import ImageReadError, ModelError, UsageError
-from camlabel.ledger import atomic_write_bytes
+from camlabel.fileio import atomic_write_bytes
 from camlabel.records import Heatmap, ImageRecord, Preannotation, Prediction
 
 if TYPE_CHECKING:

@@ -79,6 +79,7 @@ def predict(
 
     Unreadable inputs are reported in ``failures`` and do not stop the batch.
     """
+    from camlabel.fileio import atomic_write_text
     from camlabel.imaging import (
         iter_image_paths,
         overlay_mask,
@@ -86,7 +87,6 @@ def predict(
         read_image,
         write_png_atomic,
     )
-    from camlabel.ledger import atomic_write_text
     from camlabel.progress import progress_bar
 
     classifier = load_classifier(Path(classifier_path))

@@ -416,7 +416,7 @@ def _runs(ws: Workspace) -> str:
 def build_report(ws: Workspace, out: Path | None = None) -> Path:
     """Write the report and return its path (``WS/reports/index.html`` by default)."""
     from camlabel import __version__
-    from camlabel.ledger import atomic_write_text
+    from camlabel.fileio import atomic_write_text
     from camlabel.records import utcnow
 
     recs = ws.ledger.all()

@@ -21,16 +21,14 @@ import dataclasses
 import filecmp
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camlabel.errors import UsageError, WorkspaceError
-from camlabel.ledger import atomic_write_text, read_jsonl
+from camlabel.fileio import atomic_copy, atomic_write_text
+from camlabel.ledger import read_jsonl
 from camlabel.records import ImageRecord
 
 if TYPE_CHECKING:
@@ -122,15 +120,7 @@ class MergeSummary:
 def _copy_if_different(src: Path, dst: Path) -> bool:
     if dst.exists() and filecmp.cmp(src, dst, shallow=False):
         return False
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_copy(src, dst)
     return True
 
 

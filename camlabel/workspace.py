@@ -39,7 +39,8 @@ from camlabel.config import (
     describe,
 )
 from camlabel.errors import ConfigError, WorkspaceError
-from camlabel.ledger import LEDGER_DB, Ledger, atomic_write_text
+from camlabel.fileio import atomic_write_text
+from camlabel.ledger import LEDGER_DB, Ledger
 from camlabel.records import ImageRecord
 
 FOLDERS = ("images", "heatmaps", "annotations", "masks", "models", "reports", "secrets", "exports")

@@ -156,7 +156,7 @@ def export(
         return manifest
     out.mkdir(parents=True, exist_ok=True)
     manifest["written"] = writer(items, out)
-    from camlabel.ledger import atomic_write_text
+    from camlabel.fileio import atomic_write_text
 
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     ws.record_run(

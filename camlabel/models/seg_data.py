@@ -19,6 +19,7 @@ Letterbox: the image is scaled (aspect kept) so its long side is ``size``, then 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 import cv2
 import keras
 import numpy as np
+
+from camlabel.fileio import atomic_write_text
 
 IGNORE = 255  # code of "ignore" pixels in the uint8 target arrays (0/1/IGNORE)
 INDEX_NAME = "index.csv"
@@ -152,13 +155,12 @@ def read_index(root: Path) -> list[IndexRow]:
 
 def write_index(root: Path, rows: list[IndexRow]) -> Path:
     path = Path(root) / INDEX_NAME
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "patient_id", "split", "label", "mask_version"])
-        for r in rows:
-            w.writerow([r.id, r.patient_id, r.split, r.label, r.mask_version])
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["id", "patient_id", "split", "label", "mask_version"])
+    for r in rows:
+        w.writerow([r.id, r.patient_id, r.split, r.label, r.mask_version])
+    atomic_write_text(path, buf.getvalue())
     return path
 
 

@@ -21,7 +21,7 @@ from camlabel.classify import sidecar_path
 from camlabel.config import DEFAULT_SEED
 from camlabel.errors import UsageError
 from camlabel.evaluate import headline_metrics
-from camlabel.ledger import atomic_write_text
+from camlabel.fileio import atomic_write_text
 from camlabel.records import utcnow
 
 if TYPE_CHECKING:

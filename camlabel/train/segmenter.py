@@ -321,7 +321,7 @@ def train_segmenter(
         "job": job,
         "export": ws.rel(export_dir),
     }
-    from camlabel.ledger import atomic_write_text
+    from camlabel.fileio import atomic_write_text
 
     atomic_write_text(model_dir / SIDECAR, json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     ws.record_run(

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camlabel.config import DEFAULT_SEED
+from camlabel.fileio import atomic_write_json
 from camlabel.progress import PROGRESS_PREFIX
 
 if TYPE_CHECKING:
@@ -429,10 +430,7 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str) -> None
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, obj)
 
 
 # -- main -----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 
 from camlabel.errors import LedgerError
-from camlabel.ledger import Ledger, atomic_write_text
+from camlabel.fileio import atomic_write_text
+from camlabel.ledger import Ledger
 from camlabel.records import Annotation, ImageRecord, JobRef, MaskInfo, Preannotation
 
 REPO = Path(__file__).resolve().parents[2]

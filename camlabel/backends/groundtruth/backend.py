@@ -259,7 +259,7 @@ class GroundTruthBackend(Backend):
         return build_plan(self.settings, items)
 
     def _write_dry_run(self, plan: JobPlan) -> list[Path]:
-        from camlabel.ledger import atomic_write_bytes, atomic_write_text
+        from camlabel.fileio import atomic_write_bytes, atomic_write_text
 
         folder = self.workspace.dir("exports") / f"groundtruth-{plan.job_name}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -592,7 +592,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         return urls
 
     def _dry_run(self, items: Sequence[PushItem]) -> PushReport:
-        from camlabel.ledger import atomic_write_text
+        from camlabel.fileio import atomic_write_text
 
         report = PushReport(project="(dry run)")
         upload = bool(self.upload_opt)

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from camlabel.errors import BackendError, BackendUnavailable, ConfigError, UsageError
+from camlabel.fileio import atomic_write_json
 
 if TYPE_CHECKING:
     from camlabel.workspace import Workspace
@@ -443,22 +444,10 @@ def load_credentials(ws: Workspace) -> Credentials | None:
 
 
 def _write_secret(path: Path, data: Mapping[str, Any]) -> None:
-    """Write a 0600 file atomically (created with that mode: never readable by others, even briefly)."""
+    """Write a 0600 file atomically (its temporary file is 0600 from the start: never readable
+    by others, even briefly), in a 0700 folder."""
     os.chmod(path.parent, 0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(dict(data), fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    atomic_write_json(path, dict(data), mode=0o600)
 
 
 # --------------------------------------------------------------------------- processes
@@ -918,9 +907,7 @@ def _now() -> str:
 
 
 def _write_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(dict(data), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, dict(data))
 
 
 def _read_from(path: Path, offset: int) -> str:

@@ -39,8 +39,8 @@ def _bbox(m: np.ndarray) -> list[float]:
 
 
 def write(items: Sequence[ExportItem], out: Path) -> dict[str, Any]:
+    from camlabel.fileio import atomic_write_text
     from camlabel.imaging import write_png_atomic
-    from camlabel.ledger import atomic_write_text
     from camlabel.records import utcnow
 
     images: list[dict[str, Any]] = []

@@ -69,7 +69,7 @@ def write(items: Sequence[ExportItem], out: Path) -> dict[str, Any]:
     import pydicom
 
     from camlabel import __version__
-    from camlabel.ledger import atomic_write_bytes
+    from camlabel.fileio import atomic_write_bytes
 
     try:
         import highdicom as hd

@@ -19,8 +19,8 @@ from camlabel.interop.exporting import ExportItem, patient_folds
 
 
 def write(items: Sequence[ExportItem], out: Path) -> dict[str, Any]:
+    from camlabel.fileio import atomic_write_text
     from camlabel.imaging import write_png_atomic
-    from camlabel.ledger import atomic_write_text
 
     train = [it for it in items if it.rec.split != "test"]
     test = [it for it in items if it.rec.split == "test"]

@@ -19,8 +19,8 @@ IGNORE_VALUE = 127
 
 
 def write(items: Sequence[ExportItem], out: Path) -> dict[str, Any]:
+    from camlabel.fileio import atomic_write_text
     from camlabel.imaging import write_png_atomic
-    from camlabel.ledger import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
