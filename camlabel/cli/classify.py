@@ -166,7 +166,7 @@ def train_cls(
     from camlabel.train.classifier import train_classifier
 
     ws = open_workspace(workspace) if workspace is not None else None
-    size = image_size or (ws.config["image_size"] if ws else 224)
+    size = image_size or (ws.settings.workspace.image_size if ws else 224)
     seed_v = seed if seed is not None else (ws.settings.workspace.seed if ws else DEFAULT_SEED)
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:

@@ -78,7 +78,7 @@ def start(
     verb = "started" if started else "already running"
     click.echo(f"Label Studio {verb}: {st.url}  (pid {st.pid}, database {st.database})")
     click.echo(f"  login: {creds.email}; password and API token in {srv.secrets_path(ws)}")
-    wanted = port if port is not None else ws.config.get("labelstudio", {}).get("port")
+    wanted = port if port is not None else ws.settings.labelstudio.port
     if started and wanted and st.port != int(wanted):
         click.echo(f"  port {wanted} was busy; using {st.port}")
     info(f"  log: {st.log_path}")

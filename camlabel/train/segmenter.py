@@ -243,7 +243,7 @@ def train_segmenter(
             "(a segmenter trained on a handful of masks will not generalise)",
         )
     seed = ws.settings.workspace.seed if seed is None else int(seed)
-    size = int(image_size or ws.config.get("seg_image_size", 256))
+    size = int(image_size or ws.settings.workspace.seg_image_size)
     run_id = new_run_id()
     negs = negative_records(ws, negatives, seed)
     neg_ids = tuple(r.image_id for r in negs)

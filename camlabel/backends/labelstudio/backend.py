@@ -178,9 +178,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
     # ------------------------------------------------------------------ project
     @property
     def project_title(self) -> str:
-        return str(
-            self.workspace.config.get("labelstudio", {}).get("project_title") or "camlabel lesions"
-        )
+        return self.settings.project_title
 
     def ensure_project(self, items: Sequence[PushItem] = ()) -> int:
         """The project to publish into: --project, the ledger's, the titled one, or a new one."""
@@ -243,9 +241,7 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
             show_instruction=False,
             show_skip_button=True,
             enable_empty_annotation=True,
-            maximum_annotations=max(
-                1, int(self.workspace.config.get("consensus", {}).get("min_annotations", 1))
-            ),
+            maximum_annotations=max(1, self.workspace.settings.consensus.min_annotations),
         )
         assert created.id is not None
         self._project_id = int(created.id)

@@ -853,7 +853,7 @@ def start(
             provision_data_dir(dd, creds, ls_bin=binary, database=db, db_password=password)
         except BackendError as exc:
             raise _database_hint(exc, db) from exc
-    want = port if port is not None else int(ws.config.get("labelstudio", {}).get("port") or 8089)
+    want = port if port is not None else ws.settings.labelstudio.port
     if want <= 0 or want > 65535:
         raise UsageError(f"--port must be in 1..65535. Received: port={want}")
     try:

@@ -94,7 +94,7 @@ class LabelStudioTasks(LabelStudioClient):
     # ------------------------------------------------------------------ payloads
     @property
     def lesion_label(self) -> str:
-        return str(self.workspace.config.get("lesion_label", "Opacity"))
+        return self.workspace.settings.workspace.lesion_label
 
     def label_config(self) -> str:
         return label_config(self.lesion_label, self.workspace.classes)
