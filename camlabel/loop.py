@@ -306,7 +306,7 @@ def pull_masks(
     summary.tasks = len(report.outcomes)
     summary.failed.extend(report.failures)
 
-    refused = False
+    refused: set[str] = {o.image_id for o in report.outcomes if o.status == "failed"}
     with ws.ledger.transaction(durable=True) as txn:  # the cursor below relies on it
         for outcome in report.outcomes:
             rec = txn.get(outcome.image_id)
@@ -323,15 +323,18 @@ def pull_masks(
                 summary.failed.append(
                     (f"{outcome.image_id[:12]} (task {outcome.job.task})", exc.message)
                 )
-                refused = True
+                refused.add(outcome.image_id)
                 continue
             if new_rec is not rec:
                 txn.put(new_rec)
-    # Only now that the ledger holds everything is the cursor advanced; not past a task whose
-    # annotations were refused, so the next pull reads it again (and says so again) until it
-    # is fixed in the labeling tool, instead of forgetting it.
-    if not refused and not any(o.status == "failed" for o in report.outcomes):
-        atomic_write_text(cpath, json.dumps(report.cursor, sort_keys=True))
+    # Only now that the ledger holds everything is the cursor advanced. The tasks whose
+    # annotations were refused go with it ("retry"): the next pull reads them again (and says
+    # so again) until they are fixed in the labeling tool, without re-reading everything else.
+    if report.cursor is not None:
+        read = {o.image_id for o in report.outcomes}
+        earlier = set((cursor or {}).get("retry") or []) - read
+        retry = sorted((earlier | refused) & set(jobs))
+        atomic_write_text(cpath, json.dumps({**report.cursor, "retry": retry}, sort_keys=True))
     if any(c is not None and c != rule for c in ws.ledger.count_by("mask_consensus")):
         _remerge_all(ws, rule, k, summary)
     ws.record_run(

@@ -8,6 +8,7 @@ code and message.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -213,12 +214,16 @@ def test_malformed_annotations_are_refused_one_by_one_and_the_rest_pulled(
     assert read_mask_png(ws.abs(ledger[good.image_id].mask.path)).sum() == 22 * 22
     for rec in (bad_size, two_points, banana):
         assert ledger[rec.image_id].mask is None and not ledger[rec.image_id].annotations
-    # The cursor does not move past refused tasks: once the annotator fixes one, the next
-    # (incremental) pull reads it; the two others are still reported.
-    assert not (ws.root / "exports" / "labelstudio-cursor.json").exists()
+    # The cursor moves on but keeps the refused tasks ("retry"): once the annotator fixes one,
+    # the next (incremental) pull reads it; the two others are read and reported again.
+    cursor = json.loads((ws.root / "exports" / "labelstudio-cursor.json").read_text())
+    assert cursor["retry"] == sorted(r.image_id for r in (bad_size, two_points, banana))
     ls.annotations.update(id=banana_id, result=[polygon_result(square, *size(banana))])
-    res = _cli("pull-masks", "-w", str(ws.root), server=ls_server)
+    res = _cli("pull-masks", "-w", str(ws.root), "--json", server=ls_server)
     assert res.returncode == 1 and "2 task(s) could not be read" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["tasks"] >= 3
+    cursor = json.loads((ws.root / "exports" / "labelstudio-cursor.json").read_text())
+    assert cursor["retry"] == sorted(r.image_id for r in (bad_size, two_points))
     fixed = Workspace.open(ws.root).ledger.get(banana.image_id)
     assert fixed is not None and fixed.mask is not None
     assert read_mask_png(ws.abs(fixed.mask.path)).sum() == 22 * 22

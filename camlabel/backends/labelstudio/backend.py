@@ -41,6 +41,7 @@ is never put into a message, a log line, a JobRef or the ledger.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import urllib.parse
@@ -625,8 +626,10 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
         report = PullReport()
         server_now = self._server_clock()
         since_all: dict[str, str] = {}
+        retry: set[str] = set()
         if cursor and same_server(str(cursor.get("server", "")), self.url or ""):
             since_all = {str(k): str(v) for k, v in dict(cursor.get("updated_since") or {}).items()}
+            retry = {str(i) for i in cursor.get("retry") or []}
         sizes = {r.image_id: (r.width, r.height) for r in self.workspace.ledger.all()}
         by_project: dict[str, dict[str, JobRef]] = {}
         for image_id, job in jobs.items():
@@ -658,9 +661,22 @@ class LabelStudioBackend(LabelStudioTasks, Backend):
                     else None
                 )
                 seen: set[str] = set()
-                tasks = (
-                    self._changed_tasks(pid, filters) if since else self._export_tasks(pid, pjobs)
-                )
+                tasks: Iterable[Mapping[str, Any]]
+                if since:
+                    changed = self._changed_tasks(pid, filters)
+                    # tasks refused by an earlier pull are read again until they are fixed
+                    got = {str(t.get("id")) for t in changed}
+                    again = sorted(
+                        {
+                            int(str(pjobs[iid].task))
+                            for iid in retry
+                            if iid in pjobs and str(pjobs[iid].task or "").isdigit()
+                        }
+                        - {int(i) for i in got if i.isdigit()}
+                    )
+                    tasks = itertools.chain(changed, self._export_pages(pid, again))
+                else:
+                    tasks = self._export_tasks(pid, pjobs)
                 predictions = LazyPredictions(self, pid)
                 for task in self._one_task_per_image(pid, tasks, pjobs, report, seen):
                     iid = str((task.get("data") or {}).get("camlabel_image_id") or "")
