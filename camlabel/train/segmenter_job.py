@@ -38,6 +38,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,12 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, str]] = {
     "steps-per-execution": (int, 1, "batches per compiled step (raise on fast GPUs)"),
     "eager": (int, 0, "1: run eagerly (tests: avoids tracing cost on tiny models)"),
     "max-train-images": (int, 0, "use at most this many training images (0: all)"),
+    "init-weights": (
+        str,
+        "",
+        "a model.keras of the same Tiramisu size whose weights training starts from "
+        "(fine-tuning a previous round's segmenter); empty: random initialisation",
+    ),
 }
 
 
@@ -505,6 +512,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             run_eagerly=bool(args.eager),
             steps_per_execution=max(1, args.steps_per_execution),
         )
+        if str(args.init_weights).strip():
+            model(np.zeros((1, size, size, 1), np.float32))  # build before loading
+            with warnings.catch_warnings():  # a fresh optimizer is the point of fine-tuning
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optim")
+                model.load_weights(str(args.init_weights))
+            emit({"event": "init", "weights": str(args.init_weights)})
     # a small seeded subset before each validation (every epoch: ~25 % of an epoch's time with
     # all images on a 2-core CPU), the larger one for the statistics the saved model keeps;
     # neither is built when recalibration is off

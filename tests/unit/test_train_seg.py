@@ -543,3 +543,43 @@ def test_backups_every_n_epochs_and_an_interrupted_run_resumes_from_the_last(
     )
     assert begun.epochs == [3, 4, 5, 6]  # epochs 4-5 redone, 1-3 not
     assert not backup.exists()  # a finished run removes its backup
+
+
+def test_init_weights_start_training_from_a_previous_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--init-weights`` (the demo's round 2 fine-tunes round 1's U-Net): with a zero
+    learning rate the trained weights are exactly the initial ones, so the run started from
+    the previous model's weights, not from the seeded random initialisation."""
+    from camlabel.models.segmenter import load_segmenter
+
+    data = make_seg_folder(tmp_path / "data")
+    first = tmp_path / "first"
+    assert ts.main(["--train", str(data), "--model-dir", str(first), *TINY_ARGS]) == 0
+    frozen = [*TINY_ARGS, "--lr", "0"]
+    init = str(first / "model.keras")
+    capsys.readouterr()
+    assert (
+        ts.main(
+            [
+                "--train",
+                str(data),
+                "--model-dir",
+                str(tmp_path / "i"),
+                *frozen,
+                "--init-weights",
+                init,
+            ]
+        )
+        == 0
+    )
+    events = [e for e in _events(capsys.readouterr().out) if e["event"] == "init"]
+    assert events == [{"event": "init", "weights": init}]
+    assert ts.main(["--train", str(data), "--model-dir", str(tmp_path / "r"), *frozen]) == 0
+
+    def weights(name: str) -> list[np.ndarray]:
+        return [np.asarray(w) for w in load_segmenter(tmp_path / name).model.trainable_weights]
+
+    ref, fine, fresh = weights("first"), weights("i"), weights("r")
+    assert all(np.array_equal(a, b) for a, b in zip(ref, fine, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(ref, fresh, strict=True))
