@@ -38,7 +38,7 @@ import numpy as np
 from camlabel.workspace import Workspace
 
 DICE_GOAL = 0.92
-STEPS = 11
+STEPS = 12
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ def run_demo(
         )
         _annotate(ws, 2, 10, truth, s, str(st.url), creds.email, interactive, log, poll_s)
         t = _step(
-            log, f"10/{STEPS} round 2: pull-masks; fine-tune the U-Net from round 1's weights"
+            log, f"11/{STEPS} round 2: pull-masks; fine-tune the U-Net from round 1's weights"
         )
         pulled = pull_masks(ws, "labelstudio", progress=progress)
         log(f"   {pulled.masks_written} mask(s) written, {len(pulled.skipped)} skipped task(s)")
@@ -307,8 +307,8 @@ def run_demo(
         f"val Dice {seg.metrics.get('val_dice', float('nan')):.3f}",
     )
 
-    # 11. predict + report ------------------------------------------------------------------
-    t = _step(log, f"11/{STEPS} predict on held-out phantoms; report")
+    # 12. predict + report ------------------------------------------------------------------
+    t = _step(log, f"12/{STEPS} predict on held-out phantoms; report")
     held = _heldout(ws, model, seg.model_dir, held_dir, held_truth, progress)
     _annotated_vs_predicted(ws, seg.model_dir)
     st_now = workspace_status(ws)

@@ -382,10 +382,14 @@ def run_gradcam(
                 bar.update(len(chunk))
                 continue
             result = cam(np.stack(xs), targets=target_idx)
+            # each backbone's own class probabilities: the committee strategy's votes
+            members = clf.member_probabilities(np.stack(xs))
             updates: dict[str, Callable[[ImageRecord], ImageRecord]] = {}
             for i, (rec, img, box) in enumerate(loaded):
                 probs = result.probabilities[i]
                 pred = clf.prediction(probs)
+                if members is not None:
+                    pred = dataclasses.replace(pred, members=members[i])
                 grid = result.heatmaps[i]
                 heat = box.heatmap_to_image(grid)
                 npy = heat_dir / f"{rec.image_id}.npy"

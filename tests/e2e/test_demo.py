@@ -39,7 +39,7 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
     )
     (artifacts_dir / "demo-quick.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, r.stderr[-3000:]
-    for step in ("1/11", "5/11", "7/11", "9/11", "10/11", "11/11"):
+    for step in ("1/12", "5/12", "7/12", "9/12", "10/12", "11/12", "12/12"):
         assert step in r.stderr
     ws = Workspace.open(ws_dir)
     summary = json.loads((ws_dir / "reports" / "summary.json").read_text())
@@ -180,7 +180,7 @@ def test_interactive_demo_waits_for_a_person_and_goes_on(
             proc.kill()
         srv.stop(Workspace.open(ws_dir))
     text = log.read_text()
-    assert "14/14 task(s) done" in text and "10/10 task(s) done" in text and "11/11" in text
+    assert "14/14 task(s) done" in text and "10/10 task(s) done" in text and "12/12" in text
     ws = Workspace.open(ws_dir)
     masked = [r for r in ws.ledger.all() if r.mask is not None]
     # every task annotated by the person with a lesion drawn has a mask; skipped ones none
