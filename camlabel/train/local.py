@@ -52,8 +52,34 @@ def child_environment(
     if root not in site_dirs:
         rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
         env["PYTHONPATH"] = os.pathsep.join([root, *rest])
+    env.update(child_thread_env(base))
     env.update(extra or {})
     return env
+
+
+def child_thread_env(base: Mapping[str, str]) -> dict[str, str]:
+    """Thread-pool sizes for the training child, so its pools do not oversubscribe the cores.
+
+    Left alone, TensorFlow sizes its intra-op AND inter-op pools to the core count, oneDNN /
+    OpenMP / BLAS add their own, and OpenCV a pool per loader thread: on a 2-core machine
+    dozens of runnable threads, and the time goes into switching between them
+    (benchmarks/seg_threads.py). Here: intra-op = cores (the convolutions use every core),
+    inter-op = 1 (the training step is one chain of ops), OpenMP / BLAS pools of 1, OpenCV
+    single-threaded inside the loader threads (``CAMLABEL_CV2_THREADS``). Variables already
+    set in ``base`` win; ``CAMLABEL_THREADS=0`` turns all of this off.
+    """
+    if base.get("CAMLABEL_THREADS", "").strip() == "0":
+        return {}
+    cores = str(max(1, os.cpu_count() or 1))
+    wanted = {
+        "TF_NUM_INTRAOP_THREADS": cores,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CAMLABEL_CV2_THREADS": "1",
+    }
+    return {k: v for k, v in wanted.items() if not base.get(k)}
 
 
 def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:

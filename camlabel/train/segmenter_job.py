@@ -497,7 +497,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     batch = max(1, min(args.batch_size, len(train_rows)))
     aug = Augment() if args.augment else None
+    # more loader threads than cores only queue up behind each other (see child_thread_env)
     threads = max(1, args.workers)
+    if os.environ.get("CAMLABEL_THREADS", "").strip() != "0":
+        threads = min(threads, os.cpu_count() or 1)
+    if os.environ.get("CAMLABEL_CV2_THREADS", "").strip().isdigit():
+        import cv2
+
+        cv2.setNumThreads(int(os.environ["CAMLABEL_CV2_THREADS"]))
     train_ds = SegBatches(
         x_tr, c_tr, batch, augment=aug, shuffle=True, seed=args.seed, workers=threads
     )
