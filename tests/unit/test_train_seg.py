@@ -583,3 +583,24 @@ def test_init_weights_start_training_from_a_previous_model(
     ref, fine, fresh = weights("first"), weights("i"), weights("r")
     assert all(np.array_equal(a, b) for a, b in zip(ref, fine, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(ref, fresh, strict=True))
+
+
+def test_the_training_child_gets_thread_pools_sized_to_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from camlabel.train.local import child_environment
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TF_NUM_", "OMP_"))}
+    clean = {k: v for k, v in clean.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    clean.pop("CAMLABEL_THREADS", None)
+    clean.pop("CAMLABEL_CV2_THREADS", None)
+    env = child_environment(clean)
+    assert (env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"]) == ("2", "1")
+    assert env["OMP_NUM_THREADS"] == env["CAMLABEL_CV2_THREADS"] == "1"
+    # the user's own settings win; CAMLABEL_THREADS=0 leaves every pool as it was
+    assert (
+        child_environment({**clean, "TF_NUM_INTRAOP_THREADS": "8"})["TF_NUM_INTRAOP_THREADS"] == "8"
+    )
+    off = child_environment({**clean, "CAMLABEL_THREADS": "0"})
+    assert not {k for k in off if k.startswith("TF_NUM_") or k == "CAMLABEL_CV2_THREADS"}
