@@ -136,7 +136,7 @@ def run_demo(
     from camlabel.backends.labelstudio import server as lss
     from camlabel.evaluate import evaluate_classifier
     from camlabel.imaging import read_mask_png
-    from camlabel.loop import pull_masks, push_jobs, workspace_status
+    from camlabel.loop import pull_masks, workspace_status
     from camlabel.models.segmenter import MODEL_FILE
     from camlabel.phantoms import generate_phantoms
     from camlabel.preannotate import load_heatmap, run_gradcam, run_preannotate
@@ -238,15 +238,7 @@ def run_demo(
             f"6/{STEPS} round 1: push-jobs --select {s.round1_images} --strategy "
             f"{s.select_strategy}: tasks with the Grad-CAM polygons as predictions",
         )
-        pushed = push_jobs(
-            ws,
-            "labelstudio",
-            progress=progress,
-            select=s.round1_images,
-            strategy=s.select_strategy,
-            round=1,
-            seed=s.seed,
-        )
+        pushed = _push_round(ws, s, 1, progress)
         _done(
             log,
             t,
@@ -273,15 +265,7 @@ def run_demo(
             f"--select {s.round2_images} --strategy {s.select_strategy}",
         )
         pre2 = run_preannotate(ws, "segmenter", seg1.model_dir, progress=progress)
-        pushed2 = push_jobs(
-            ws,
-            "labelstudio",
-            progress=progress,
-            select=s.round2_images,
-            strategy=s.select_strategy,
-            round=2,
-            seed=s.seed,
-        )
+        pushed2 = _push_round(ws, s, 2, progress)
         _done(
             log,
             t,
@@ -402,6 +386,21 @@ def _annotate(
         f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} "
         f"skipped; first annotators: {sim.accepted_unchanged} accepted unchanged, "
         f"{sim.edited} edited, {sim.redrawn} redrawn",
+    )
+
+
+def _push_round(ws: Workspace, s: DemoSettings, round_no: int, progress: bool) -> Any:
+    """push-jobs --select N --strategy S --round R (a re-run tops the round up: idempotent)."""
+    from camlabel.loop import push_jobs
+
+    return push_jobs(
+        ws,
+        "labelstudio",
+        progress=progress,
+        select=s.round1_images if round_no == 1 else s.round2_images,
+        strategy=s.select_strategy,
+        round=round_no,
+        seed=s.seed,
     )
 
 
