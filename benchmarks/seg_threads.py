@@ -12,8 +12,12 @@ the system share and the voluntary / involuntary context switches:
   (``child_thread_env``): TF intra-op = cores, inter-op = 1, OpenMP/BLAS pools of 1, data
   threads = min(4, cores), OpenCV single-threaded inside the loader threads.
 
+- ``host-sized`` (``--host-cores N``): TensorFlow's pools sized for N cores, as it sizes them
+  in a container with a 2-CPU quota on an N-core host (it reads the host's core count).
+
 Usage:
-    .venv/bin/python benchmarks/seg_threads.py DATA_DIR [--epochs 2] [--repeats 2] [--json OUT]
+    .venv/bin/python benchmarks/seg_threads.py DATA_DIR [--epochs 2] [--repeats 2]
+        [--host-cores 16] [--only pinned,host-sized] [--json OUT]
 
 DATA_DIR: an export folder (index.csv, images/, masks/), e.g. WS/exports/seg-<run> of a demo.
 """
@@ -53,10 +57,23 @@ def _configs() -> dict[str, dict[str, str]]:
     }
     base.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)})
     # the previous behaviour: no thread settings at all (CAMLABEL_THREADS=0 turns them off)
-    return {
+    configs = {
         "default": {**base, "CAMLABEL_THREADS": "0"},
         "pinned": {**base, **child_thread_env({})},
     }
+    if HOST_CORES:
+        # what TensorFlow does in a container with a 2-CPU quota on a HOST_CORES-core host:
+        # it sizes both pools by the host's cores (os.cpu_count() ignores the quota)
+        configs["host-sized"] = {
+            **base,
+            "CAMLABEL_THREADS": "0",
+            "TF_NUM_INTRAOP_THREADS": str(HOST_CORES),
+            "TF_NUM_INTEROP_THREADS": str(HOST_CORES),
+        }
+    return configs
+
+
+HOST_CORES = 0
 
 
 def _run(data: Path, env: dict[str, str], epochs: int) -> dict[str, float]:
@@ -85,8 +102,19 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--host-cores",
+        type=int,
+        default=0,
+        help="also run TensorFlow's pools sized for this many cores (a container's host)",
+    )
+    p.add_argument("--only", default="", help="comma-separated configurations to run")
     args = p.parse_args()
+    global HOST_CORES
+    HOST_CORES = args.host_cores
     configs = _configs()
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
     for i in range(args.repeats):
         for name, env in configs.items():
@@ -100,12 +128,15 @@ def main() -> int:
             **{k: round(v / len(rs), 2) for k, v in tot.items()},
             "sys_share": round(tot["sys_s"] / (tot["user_s"] + tot["sys_s"]), 4),
         }
-    d, pn = out["configs"]["default"], out["configs"]["pinned"]
-    out["pinned_vs_default"] = {
-        "wall": round(pn["wall_s"] / d["wall_s"], 3),
-        "cpu": round((pn["user_s"] + pn["sys_s"]) / (d["user_s"] + d["sys_s"]), 3),
-        "sys": round(pn["sys_s"] / d["sys_s"], 3) if d["sys_s"] else None,
-    }
+    pn = out["configs"].get("pinned")
+    for name, d in out["configs"].items():
+        if pn is None or name == "pinned":
+            continue
+        out[f"pinned_vs_{name}"] = {
+            "wall": round(pn["wall_s"] / d["wall_s"], 3),
+            "cpu": round((pn["user_s"] + pn["sys_s"]) / (d["user_s"] + d["sys_s"]), 3),
+            "sys": round(pn["sys_s"] / d["sys_s"], 3) if d["sys_s"] else None,
+        }
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -500,7 +500,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # more loader threads than cores only queue up behind each other (see child_thread_env)
     threads = max(1, args.workers)
     if os.environ.get("CAMLABEL_THREADS", "").strip() != "0":
-        threads = min(threads, os.cpu_count() or 1)
+        from camlabel.train.local import usable_cores
+
+        threads = min(threads, usable_cores())
     if os.environ.get("CAMLABEL_CV2_THREADS", "").strip().isdigit():
         import cv2
 

@@ -588,9 +588,10 @@ def test_init_weights_start_training_from_a_previous_model(
 def test_the_training_child_gets_thread_pools_sized_to_the_cores(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import camlabel.train.local as local
     from camlabel.train.local import child_environment
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(local, "usable_cores", lambda: 2)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TF_NUM_", "OMP_"))}
     clean = {k: v for k, v in clean.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     clean.pop("CAMLABEL_THREADS", None)
@@ -604,3 +605,15 @@ def test_the_training_child_gets_thread_pools_sized_to_the_cores(
     )
     off = child_environment({**clean, "CAMLABEL_THREADS": "0"})
     assert not {k for k in off if k.startswith("TF_NUM_") or k == "CAMLABEL_CV2_THREADS"}
+
+
+def test_usable_cores_honours_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    from camlabel.train.local import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert usable_cores(quota) == min(affinity, 2)
+    quota.write_text("max 100000\n")
+    assert usable_cores(quota) == affinity
+    assert usable_cores(tmp_path / "missing") == affinity
