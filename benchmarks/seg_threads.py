@@ -45,7 +45,7 @@ DEMO_MODEL = [
 ]  # fmt: skip
 
 
-def _configs() -> dict[str, dict[str, str]]:
+def _configs(host_cores: int = 0) -> dict[str, dict[str, str]]:
     from camlabel.train.local import child_thread_env
 
     base = {
@@ -61,19 +61,16 @@ def _configs() -> dict[str, dict[str, str]]:
         "default": {**base, "CAMLABEL_THREADS": "0"},
         "pinned": {**base, **child_thread_env({})},
     }
-    if HOST_CORES:
-        # what TensorFlow does in a container with a 2-CPU quota on a HOST_CORES-core host:
+    if host_cores:
+        # what TensorFlow does in a container with a 2-CPU quota on a host_cores-core host:
         # it sizes both pools by the host's cores (os.cpu_count() ignores the quota)
         configs["host-sized"] = {
             **base,
             "CAMLABEL_THREADS": "0",
-            "TF_NUM_INTRAOP_THREADS": str(HOST_CORES),
-            "TF_NUM_INTEROP_THREADS": str(HOST_CORES),
+            "TF_NUM_INTRAOP_THREADS": str(host_cores),
+            "TF_NUM_INTEROP_THREADS": str(host_cores),
         }
     return configs
-
-
-HOST_CORES = 0
 
 
 def _run(data: Path, env: dict[str, str], epochs: int) -> dict[str, float]:
@@ -110,9 +107,7 @@ def main() -> int:
     )
     p.add_argument("--only", default="", help="comma-separated configurations to run")
     args = p.parse_args()
-    global HOST_CORES
-    HOST_CORES = args.host_cores
-    configs = _configs()
+    configs = _configs(args.host_cores)
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
