@@ -58,6 +58,9 @@ class Classifier:
     path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
     preprocess: ClassifierInput = field(init=False, repr=False)
+    #: the members' pooled features and the head's (kernel, bias); built on first use
+    _features: Any = field(default=None, init=False, repr=False)
+    _head: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.preprocess = ClassifierInput(self.image_size)
@@ -71,6 +74,36 @@ class Classifier:
         if len(batch) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return np.asarray(self.model.predict_on_batch(np.asarray(batch, np.float32)), np.float32)
+
+    def member_probabilities(self, batch: np.ndarray) -> list[dict[str, dict[str, float]]] | None:
+        """Each ensemble member's class probabilities (``{member: {class: p}}`` per input):
+        the softmax of its share of the logits (:func:`camlabel.models.ensemble.member_logits`).
+        One extra forward pass to the pooled features. None for a model with fewer than two
+        members or without the ensemble's ``<member>_gap`` / ``logits`` layers."""
+        from camlabel.models.ensemble import member_logits
+
+        names = tuple(getattr(self.model, "backbones", ()) or ())
+        if len(names) < 2 or len(batch) == 0:
+            return None
+        if self._features is None:
+            import keras
+
+            try:
+                gaps = [self.model.get_layer(f"{n}_gap").output for n in names]
+                head = self.model.get_layer("logits")
+            except ValueError:
+                return None
+            self._features = keras.Model(self.model.inputs, gaps)
+            self._head = [np.asarray(w) for w in head.get_weights()]
+        feats = self._features.predict_on_batch(np.asarray(batch, np.float32))
+        logits = member_logits(self._head[0], self._head[1], [np.asarray(f) for f in feats])
+        out: list[dict[str, dict[str, float]]] = [{} for _ in range(len(batch))]
+        for name, lg in zip(names, logits, strict=True):
+            z = np.exp(lg - lg.max(axis=1, keepdims=True))
+            probs = z / z.sum(axis=1, keepdims=True)
+            for i, p in enumerate(probs):
+                out[i][name] = {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)}
+        return out
 
     def prediction(self, probabilities: np.ndarray) -> Prediction:
         """A ledger :class:`Prediction` from one probability vector."""

@@ -1,8 +1,11 @@
 """``camlabel demo``: the whole loop on synthetic phantoms with the embedded Label Studio.
 
 phantoms -> ensemble classifier -> evaluate -> Grad-CAM pre-annotations -> shortcut audit ->
-Label Studio (embedded, 127.0.0.1) -> simulated annotators (or a person, ``--interactive``) ->
-pull-masks -> FC-DenseNet103 -> predict on held-out phantoms -> HTML report.
+Label Studio (embedded, 127.0.0.1) -> round 1: the CAM pre-annotations of the images the
+ensemble is least sure of -> simulated annotators (or a person, ``--interactive``) ->
+pull-masks -> FC-DenseNet103 -> round 2: NEW images pre-annotated by that U-Net, picked by its
+uncertainty -> annotators -> pull-masks -> the U-Net fine-tuned from round 1's weights ->
+predict on held-out phantoms -> HTML report.
 
 Every step is the library call behind the matching CLI command, so the demo exercises the
 same code a user runs. Each step is resumable: re-running the demo skips what is done
@@ -14,7 +17,10 @@ The figures it reports (``WS/reports/summary.json`` and the report's headline):
 - Grad-CAM pointing game: share of lesion images whose fused-CAM peak lies inside the true
   lesion (the phantoms know it);
 - pre-annotation vs final-mask IoU, and the share of pre-annotations accepted unchanged;
-- U-Net lesion Dice on held-out phantoms (the paper's figure is 0.92).
+- U-Net lesion Dice on held-out phantoms (the paper's figure is 0.92);
+- per round (``rounds``): pre-annotation IoU against the true lesion (median, mean, share
+  >= 0.8), against the final masks, accepted unchanged, edited area, lead time, and the
+  held-out lesion Dice of the U-Net trained after the round.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 from camlabel.workspace import Workspace
 
 DICE_GOAL = 0.92
+STEPS = 12
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,8 @@ class DemoSettings:
     cls_batch_size: int = 16
     cls_lr: float = 1e-3
     seg_image_size: int = 128
-    seg_epochs: int = 75
+    #: round 1's U-Net (round 2's fine-tunes it for ``seg_round2_epochs``)
+    seg_epochs: int = 50
     seg_batch_size: int = 8
     seg_lr: float = 2e-3
     #: cosine decay and no early stopping: on ~40 masks the validation Dice of the first
@@ -76,6 +84,16 @@ class DemoSettings:
     #: run's one-epoch classifier finds too few lesions for a loop to run on)
     cam_all_images: bool = False
     double_rate: float = 0.25
+    #: round 1: images published with their (refined) CAM pre-annotation, picked by the
+    #: ensemble's predictive entropy; round 2: NEW images pre-annotated by round 1's U-Net,
+    #: picked by the U-Net's own uncertainty (camlabel push-jobs --select N --strategy ...)
+    round1_images: int = 100
+    round2_images: int = 50
+    select_strategy: str = "uncertainty"
+    #: round 2's U-Net starts from round 1's weights (train-seg ``init-weights``) and
+    #: fine-tunes on every mask; with round 1's 50 epochs on fewer masks the two trainings
+    #: together cost about what the single 75-epoch training of the one-round demo did
+    seg_round2_epochs: int = 30
 
 
 Log = Callable[[str], None]
@@ -118,12 +136,12 @@ def run_demo(
     from camlabel.backends.labelstudio import server as lss
     from camlabel.evaluate import evaluate_classifier
     from camlabel.imaging import read_mask_png
-    from camlabel.loop import pull_masks, push_jobs, workspace_status
+    from camlabel.loop import pull_masks, workspace_status
+    from camlabel.models.segmenter import MODEL_FILE
     from camlabel.phantoms import generate_phantoms
-    from camlabel.preannotate import load_heatmap, run_gradcam
+    from camlabel.preannotate import load_heatmap, run_gradcam, run_preannotate
     from camlabel.report import build_report
     from camlabel.train.classifier import train_classifier
-    from camlabel.train.segmenter import train_segmenter
 
     s = settings or DemoSettings()
     t_start = time.perf_counter()
@@ -136,7 +154,7 @@ def run_demo(
     train_dir, held_dir = data / "train", data / "heldout"
 
     # 1. phantoms -------------------------------------------------------------------
-    t = _step(log, f"1/9 phantoms: {s.n_train} for the loop, {s.n_heldout} held out")
+    t = _step(log, f"1/{STEPS} phantoms: {s.n_train} for the loop, {s.n_heldout} held out")
     for d, n, seed in ((train_dir, s.n_train, s.seed), (held_dir, s.n_heldout, s.seed + 1000)):
         if not (d / "metadata.csv").is_file():
             generate_phantoms(d, count=n, seed=seed, size=s.phantom_size, progress=progress)
@@ -148,7 +166,7 @@ def run_demo(
     model = ws.dir("models") / "ensemble.keras"
     t = _step(
         log,
-        f"2/9 train a small DenseNet + EfficientNet + VGG ensemble ({', '.join(s.backbones)}; {s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)",
+        f"2/{STEPS} train a small DenseNet + EfficientNet + VGG ensemble ({', '.join(s.backbones)}; {s.cls_image_size} px, {s.cls_epochs} epochs, weights=none)",
     )
     if not model.is_file():
         train_classifier(
@@ -171,7 +189,7 @@ def run_demo(
     _done(log, t, f"held-out accuracy {metrics.get('accuracy', float('nan')):.3f}")
 
     # 3. Grad-CAM ---------------------------------------------------------------------------
-    t = _step(log, "3/9 Grad-CAM heatmaps -> pre-annotation polygons")
+    t = _step(log, f"3/{STEPS} Grad-CAM heatmaps -> pre-annotation polygons")
     cam = run_gradcam(
         ws,
         model,
@@ -197,7 +215,7 @@ def run_demo(
     _done(log, t, f"{cam.preannotated} pre-annotated; pointing game {hits}/{lesion_imgs}")
 
     # 4. audit -------------------------------------------------------------------------------
-    t = _step(log, "4/9 shortcut audit (CAM energy inside the lungs)")
+    t = _step(log, f"4/{STEPS} shortcut audit (CAM energy inside the lungs)")
     audit = run_audit(
         model,
         train_dir / "metadata.csv",
@@ -209,43 +227,54 @@ def run_demo(
     _done(log, t)
 
     # 5. Label Studio -------------------------------------------------------------------
-    t = _step(log, "5/9 start the embedded Label Studio (127.0.0.1)")
+    t = _step(log, f"5/{STEPS} start the embedded Label Studio (127.0.0.1)")
     st, creds, _ = lss.start(ws)
     log(f"   {st.url}  (login {creds.email}; password in {lss.secrets_path(ws)})")
     _done(log, t)
     try:
-        t = _step(log, "6/9 push-jobs: tasks with the Grad-CAM polygons as predictions")
-        pushed = push_jobs(ws, "labelstudio", progress=progress)
+        # 6-7. round 1: the CAM's pre-annotations ------------------------------------------
+        t = _step(
+            log,
+            f"6/{STEPS} round 1: push-jobs --select {s.round1_images} --strategy "
+            f"{s.select_strategy}: tasks with the Grad-CAM polygons as predictions",
+        )
+        pushed = _push_round(ws, s, 1, progress)
         _done(
             log,
             t,
             f"{len(pushed.pushed)} new task(s), {len(pushed.already_present)} already present, project {pushed.project}",
         )
+        _annotate(ws, 1, 7, truth, s, str(st.url), creds.email, interactive, log, poll_s)
+        t = _step(log, f"8/{STEPS} round 1: pull-masks -> consensus masks; train the U-Net")
+        pulled = pull_masks(ws, "labelstudio", progress=progress)
+        log(f"   {pulled.masks_written} mask(s) written, {len(pulled.skipped)} skipped task(s)")
+        seg1 = _train_seg(ws, s, s.seg_epochs, None, progress)
+        held1 = _heldout_dice(ws, seg1.model_dir, held_truth)
+        _done(
+            log,
+            t,
+            f"segmenter {seg1.model_dir.name} ({len(seg1.mask_versions)} masks, "
+            f"{len(seg1.negatives)} lesion-free images): val Dice "
+            f"{_f(seg1.metrics.get('val_dice'))}, held-out lesion Dice {_f(held1)}",
+        )
 
-        # 7. annotators ------------------------------------------------------------------
-        jobs = {
-            r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all() if "labelstudio" in r.jobs
-        }
-        if interactive:
-            t = _step(
-                log,
-                f"7/9 annotate in the browser: {st.url}/projects/{pushed.project}/data  (login {creds.email})",
-            )
-            _wait_for_people(ws, jobs, log, poll_s)
-        else:
-            t = _step(
-                log,
-                "7/9 simulated annotators correct the pre-annotations through the Label Studio API",
-            )
-            sim = _simulate(ws, jobs, truth, s)
-            _done(
-                log,
-                t,
-                f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} skipped, {sim.accepted_unchanged} accepted unchanged",
-            )
-
+        # 9-10. round 2: the U-Net's pre-annotations, picked by its uncertainty ---------------
         t = _step(
-            log, "8/9 pull-masks -> consensus masks; train the FC-DenseNet (Tiramisu) on them"
+            log,
+            f"9/{STEPS} round 2: preannotate --from segmenter (new images); push-jobs "
+            f"--select {s.round2_images} --strategy {s.select_strategy}",
+        )
+        pre2 = run_preannotate(ws, "segmenter", seg1.model_dir, progress=progress)
+        pushed2 = _push_round(ws, s, 2, progress)
+        _done(
+            log,
+            t,
+            f"{pre2.preannotated} pre-annotated by {pre2.model_version}; "
+            f"{len(pushed2.pushed)} new task(s), {len(pushed2.already_present)} already present",
+        )
+        _annotate(ws, 2, 10, truth, s, str(st.url), creds.email, interactive, log, poll_s)
+        t = _step(
+            log, f"11/{STEPS} round 2: pull-masks; fine-tune the U-Net from round 1's weights"
         )
         pulled = pull_masks(ws, "labelstudio", progress=progress)
         log(f"   {pulled.masks_written} mask(s) written, {len(pulled.skipped)} skipped task(s)")
@@ -253,26 +282,7 @@ def run_demo(
         if not keep_server:
             lss.stop(ws)
 
-    seg = train_segmenter(
-        ws,
-        epochs=s.seg_epochs,
-        batch_size=s.seg_batch_size,
-        lr=s.seg_lr,
-        lr_schedule=s.seg_lr_schedule,
-        image_size=s.seg_image_size,
-        min_masks=8,
-        seed=s.seed,
-        patience=s.seg_epochs,
-        negatives=s.seg_negatives,
-        model_overrides={
-            **({"stem-stride": s.seg_stem_stride} if s.seg_stem_stride != 1 else {}),
-            "down-blocks": ",".join(str(b) for b in s.seg_blocks),
-            "bottleneck-layers": s.seg_bottleneck,
-            "growth-rate": s.seg_growth,
-            "initial-filters": s.seg_first_filters,
-        },
-        progress=progress,
-    )
+    seg = _train_seg(ws, s, s.seg_round2_epochs, seg1.model_dir / MODEL_FILE, progress)
     _done(
         log,
         t,
@@ -281,11 +291,12 @@ def run_demo(
         f"val Dice {seg.metrics.get('val_dice', float('nan')):.3f}",
     )
 
-    # 9. predict + report ------------------------------------------------------------------
-    t = _step(log, "9/9 predict on held-out phantoms; report")
+    # 12. predict + report ------------------------------------------------------------------
+    t = _step(log, f"12/{STEPS} predict on held-out phantoms; report")
     held = _heldout(ws, model, seg.model_dir, held_dir, held_truth, progress)
     _annotated_vs_predicted(ws, seg.model_dir)
     st_now = workspace_status(ws)
+    rounds = _round_summary(ws, truth, st_now["rounds"], {"1": held1, "2": held["lesion_dice"]})
     summary = {
         "settings": asdict(s),
         "pointing_game_hit_rate": pointing,
@@ -299,8 +310,10 @@ def run_demo(
         "audit": audit.get("overall", {}),
         "segmenter_val_dice": seg.metrics.get("val_dice"),
         "segmenter_negatives": len(seg.negatives),
+        "segmenter_init": str(seg1.model_dir.name),
         "heldout_lesion_dice": held["lesion_dice"],
         "heldout_pipeline_dice": held["pipeline_dice"],
+        "rounds": rounds,
         "dice_goal": DICE_GOAL,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -315,6 +328,13 @@ def run_demo(
         f"pointing game {_f(pointing)} · pre-annotation IoU {_f(summary['preannotation_iou_mean'])} · "
         f"held-out lesion Dice {_f(held['lesion_dice'])} (goal {DICE_GOAL}) · {summary['seconds']:.0f} s"
     )
+    for key, rnd in rounds.items():
+        log(
+            f"round {key}: pre-annotation IoU vs truth median {_f(rnd['preannotation_iou_truth_median'])}, "
+            f"{_pct(rnd['preannotation_iou_ge_0_8_share'])} at IoU >= 0.8 vs final masks, "
+            f"{_pct(rnd['accepted_unchanged_share'])} accepted unchanged, held-out lesion Dice after "
+            f"the round {_f(rnd['heldout_lesion_dice'])}"
+        )
     return summary
 
 
@@ -322,8 +342,175 @@ def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
+def _annotate(
+    ws: Workspace,
+    round_no: int,
+    step: int,
+    truth: dict[str, dict[str, str]],
+    s: DemoSettings,
+    url: str,
+    email: str,
+    interactive: bool,
+    log: Log,
+    poll_s: float,
+) -> None:
+    """Round ``round_no``'s tasks annotated: by a person in the browser, or simulated."""
+    jobs = {
+        r.image_id: r.jobs["labelstudio"]
+        for r in ws.ledger.all()
+        if "labelstudio" in r.jobs and r.jobs["labelstudio"].round == round_no
+    }
+    if interactive:
+        project = next((j.project for j in jobs.values()), None)
+        t = _step(
+            log,
+            f"{step}/{STEPS} round {round_no}: annotate in the browser: {url}/projects/{project}/data"
+            f"  (login {email})",
+        )
+        _wait_for_people(ws, jobs, log, poll_s)
+        _done(log, t)
+        return
+    t = _step(
+        log,
+        f"{step}/{STEPS} round {round_no}: simulated annotators accept, edit or redraw the "
+        "pre-annotations through the Label Studio API",
+    )
+    sim = _simulate(ws, jobs, truth, s, seed=s.seed + 100 * (round_no - 1))
+    _done(
+        log,
+        t,
+        f"{sim.annotated} annotated ({sim.double_annotated} by two people), {sim.skipped} "
+        f"skipped; first annotators: {sim.accepted_unchanged} accepted unchanged, "
+        f"{sim.edited} edited, {sim.redrawn} redrawn",
+    )
+
+
+def _push_round(ws: Workspace, s: DemoSettings, round_no: int, progress: bool) -> Any:
+    """push-jobs --select N --strategy S --round R (a re-run tops the round up: idempotent)."""
+    from camlabel.loop import push_jobs
+
+    return push_jobs(
+        ws,
+        "labelstudio",
+        progress=progress,
+        select=s.round1_images if round_no == 1 else s.round2_images,
+        strategy=s.select_strategy,
+        round=round_no,
+        seed=s.seed,
+    )
+
+
+def _train_seg(
+    ws: Workspace, s: DemoSettings, epochs: int, init: Path | None, progress: bool
+) -> Any:
+    from camlabel.train.segmenter import train_segmenter
+
+    return train_segmenter(
+        ws,
+        epochs=epochs,
+        batch_size=s.seg_batch_size,
+        lr=s.seg_lr,
+        lr_schedule=s.seg_lr_schedule,
+        image_size=s.seg_image_size,
+        min_masks=8,
+        seed=s.seed,
+        patience=epochs,
+        negatives=s.seg_negatives,
+        model_overrides={
+            **({"stem-stride": s.seg_stem_stride} if s.seg_stem_stride != 1 else {}),
+            "down-blocks": ",".join(str(b) for b in s.seg_blocks),
+            "bottleneck-layers": s.seg_bottleneck,
+            "growth-rate": s.seg_growth,
+            "initial-filters": s.seg_first_filters,
+            **({"init-weights": str(init)} if init is not None else {}),
+        },
+        progress=progress,
+    )
+
+
+def _round_summary(
+    ws: Workspace,
+    truth: dict[str, dict[str, str]],
+    telemetry: dict[str, Any],
+    heldout_dice: dict[str, float | None],
+) -> dict[str, dict[str, Any]]:
+    """Per round: pre-annotation IoU against the phantoms' TRUE lesion (median, mean, n),
+    beside the workspace's effort telemetry (vs the final masks) and the held-out lesion Dice
+    of the U-Net trained after the round."""
+    from camlabel.geometry import iou
+    from camlabel.imaging import read_mask_png
+    from camlabel.loop import preannotation_mask
+
+    by_round: dict[str, list[float]] = {}
+    for rec in ws.ledger.all():
+        job = rec.jobs.get("labelstudio")
+        row = truth.get(rec.source_path)
+        if job is None or job.round is None or rec.preannotation is None or row is None:
+            continue
+        lesion = read_mask_png(row["lesion_mask"])
+        if row["label"] in ws.lesion_classes and lesion.any():
+            by_round.setdefault(str(job.round), []).append(iou(preannotation_mask(rec), lesion))
+    out = {}
+    for key in sorted(set(by_round) | set(heldout_dice) | set(telemetry)):
+        tel = telemetry.get(key) or {}
+        vals = by_round.get(key, [])
+        out[key] = {
+            "published": tel.get("published"),
+            "masked": tel.get("masked"),
+            "sources": tel.get("sources"),
+            "preannotation_iou_truth_median": float(np.median(vals)) if vals else None,
+            "preannotation_iou_truth_mean": float(np.mean(vals)) if vals else None,
+            "preannotation_iou_truth_ge_0_8_share": (
+                sum(v >= 0.8 for v in vals) / len(vals) if vals else None
+            ),
+            "lesion_images": len(vals),
+            "preannotation_iou_final": tel.get("preannotation_iou"),
+            "preannotation_iou_ge_0_8_share": tel.get("preannotation_iou_ge_0_8_share"),
+            "accepted_unchanged_share": tel.get("accepted_unchanged_share"),
+            "edited_area": tel.get("edited_area"),
+            "lead_time_s_median": tel.get("lead_time_s_median"),
+            "heldout_lesion_dice": heldout_dice.get(key),
+        }
+    return out
+
+
+def _heldout_dice(
+    ws: Workspace, segmenter: Path, held_truth: dict[str, dict[str, str]]
+) -> float | None:
+    """Mean lesion Dice of ``segmenter`` on the held-out lesion phantoms (no classifier gate)."""
+    from camlabel.geometry import dice
+    from camlabel.imaging import read_image, read_mask_png
+    from camlabel.models.segmenter import load_segmenter, segment_probability
+
+    seg = load_segmenter(segmenter)
+    rows = [
+        r
+        for r in held_truth.values()
+        if r["label"] in ws.lesion_classes and read_mask_png(r["lesion_mask"]).any()
+    ]
+    if not rows:
+        return None
+    probs = segment_probability(seg, [read_image(r["file"]) for r in rows])
+    return float(
+        np.mean(
+            [
+                dice(p >= seg.threshold, read_mask_png(r["lesion_mask"]))
+                for p, r in zip(probs, rows, strict=True)
+            ]
+        )
+    )
+
+
 def _simulate(
-    ws: Workspace, jobs: dict[str, Any], truth: dict[str, dict[str, str]], s: DemoSettings
+    ws: Workspace,
+    jobs: dict[str, Any],
+    truth: dict[str, dict[str, str]],
+    s: DemoSettings,
+    seed: int,
 ) -> Any:
     from camlabel.backends.base import get_backend
     from camlabel.backends.labelstudio.simulate import simulate_annotators
@@ -347,7 +534,7 @@ def _simulate(
         jobs,
         masks,
         labels=labels,
-        seed=s.seed,
+        seed=seed,
         skip_rate=s.skip_rate,
         double_rate=s.double_rate,
         preannotation_masks=pre,

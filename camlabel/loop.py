@@ -582,6 +582,37 @@ def round_telemetry(
     lead time. ``published`` (round -> images published, from the ledger's index) counts the
     images not annotated yet too; without it only ``recs`` are counted.
     """
+    out: dict[str, Any] = {}
+    for key, sample in round_samples(ws, recs, published=published).items():
+        group = sample["records"]
+        ious, edited, lead = (
+            sample["preannotation_iou"],
+            sample["edited_area"],
+            sample["lead_time_s"],
+        )
+        accepted = sample["accepted_unchanged"]
+        out[key] = {
+            "published": (published or {}).get(key, len(group)),
+            "masked": sum(1 for r in group if r.mask is not None),
+            "sources": _count(_source_name(r) for r in group),
+            "preannotation_iou": _distribution(ious),
+            "preannotation_iou_ge_0_8_share": (
+                sum(1 for v in ious if v >= 0.8) / len(ious) if ious else None
+            ),
+            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
+            "edited_area": _distribution(edited),
+            "lead_time_s_median": statistics.median(lead) if lead else None,
+        }
+    return out
+
+
+def round_samples(
+    ws: Workspace, recs: list[ImageRecord], *, published: Mapping[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The per-image values behind :func:`round_telemetry`, per round (``"1"``, ``"2"``, ...,
+    ``"unknown"`` last): ``records``, ``preannotation_iou`` and ``edited_area`` (per masked
+    image with a pre-annotation), ``accepted_unchanged`` and ``lead_time_s`` (per submitted
+    annotation). The report plots their distributions."""
     from camlabel.geometry import PolygonPx, polygons_to_mask
     from camlabel.imaging import read_mask_png
 
@@ -592,7 +623,7 @@ def round_telemetry(
             groups.setdefault(str(min(rounds)) if rounds else "unknown", []).append(rec)
     for key in published or {}:
         groups.setdefault(key, [])
-    out: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {}
     for key in sorted(groups, key=lambda k: (k == "unknown", int(k) if k.isdigit() else 0)):
         group = groups[key]
         ious, edited = [], []
@@ -610,19 +641,14 @@ def round_telemetry(
                 pre = polygons_to_mask(polys, rec.height, rec.width) if polys else final & False
                 edited.append(float((pre ^ final).sum() / final.sum()))
         subs = [a for r in group for a in r.annotations if a.status == "submitted"]
-        accepted = [a.accepted_unchanged for a in subs if a.accepted_unchanged is not None]
-        lead = [a.lead_time_s for a in subs if a.lead_time_s is not None]
         out[key] = {
-            "published": (published or {}).get(key, len(group)),
-            "masked": sum(1 for r in group if r.mask is not None),
-            "sources": _count(_source_name(r) for r in group),
-            "preannotation_iou": _distribution(ious),
-            "preannotation_iou_ge_0_8_share": (
-                sum(1 for v in ious if v >= 0.8) / len(ious) if ious else None
-            ),
-            "accepted_unchanged_share": (sum(accepted) / len(accepted)) if accepted else None,
-            "edited_area": _distribution(edited),
-            "lead_time_s_median": statistics.median(lead) if lead else None,
+            "records": group,
+            "preannotation_iou": ious,
+            "edited_area": edited,
+            "accepted_unchanged": [
+                bool(a.accepted_unchanged) for a in subs if a.accepted_unchanged is not None
+            ],
+            "lead_time_s": [a.lead_time_s for a in subs if a.lead_time_s is not None],
         }
     return out
 

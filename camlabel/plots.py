@@ -1,13 +1,14 @@
 """Small PNG charts drawn with OpenCV (no matplotlib dependency).
 
-Line charts (training curves), a confusion-matrix grid and an image grid with captions.
+Line charts (training curves), box plots and grouped bars (effort per labeling round), a
+confusion-matrix grid and an image grid with captions.
 They are meant to be read by people in a report, not to be publication figures.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -117,6 +118,119 @@ def _dashed(
         p0 = (int(a[0] + (b[0] - a[0]) * t0), int(a[1] + (b[1] - a[1]) * t0))
         p1 = (int(a[0] + (b[0] - a[0]) * t1), int(a[1] + (b[1] - a[1]) * t1))
         cv2.line(img, p0, p1, color, 2, cv2.LINE_AA)
+
+
+def _value_axis(
+    img: np.ndarray, box: tuple[int, int, int, int], lo: float, hi: float
+) -> Callable[[float], int]:
+    """Grid lines and labels of a vertical value axis; returns value -> y pixel."""
+    x0, x1, y0, y1 = box
+
+    def py(v: float) -> int:
+        return round(y1 - (v - lo) / (hi - lo) * (y1 - y0))
+
+    for k in range(5):
+        v = lo + (hi - lo) * k / 4
+        cv2.line(img, (x0, py(v)), (x1, py(v)), (235, 235, 235), 1)
+        _text(img, _fmt(v), (4, py(v) + 4), 0.4, _GRAY)
+    cv2.rectangle(img, (x0, y0), (x1, y1), _GRAY, 1)
+    return py
+
+
+def _range(values: Sequence[float], limits: tuple[float, float] | None) -> tuple[float, float]:
+    if limits is not None:
+        return limits
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def box_plot(
+    groups: Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    ylabel: str = "",
+    limits: tuple[float, float] | None = None,
+    width: int = 520,
+    height: int = 340,
+) -> np.ndarray:
+    """A BGR box plot, one box per group (quartiles, median line, whiskers at min/max) with
+    every value drawn as a dot beside it (few values per group are the common case here)."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    left, right, top, bottom = 60, 20, 34, 44
+    box = (left, width - right, top, height - bottom)
+    _text(img, title, (left, 22), 0.55)
+    values = [float(v) for vs in groups.values() for v in vs if np.isfinite(v)]
+    lo, hi = _range(values, limits)
+    py = _value_axis(img, box, lo, hi)
+    if ylabel:
+        _text(img, ylabel, (box[0] + 4, box[2] + 14), 0.4, _GRAY)
+    n = max(1, len(groups))
+    slot = (box[1] - box[0]) / n
+    rng = np.random.default_rng(0)  # dot jitter only; fixed so the image is reproducible
+    for k, (name, vs) in enumerate(groups.items()):
+        color = PALETTE[k % len(PALETTE)]
+        cx = round(box[0] + slot * (k + 0.5))
+        _text(img, _fit(name, int(slot) - 4, 0.42), (cx - int(slot / 2) + 4, box[3] + 18), 0.42)
+        arr = np.array([v for v in vs if np.isfinite(v)], np.float64)
+        if arr.size == 0:
+            _text(img, "no data", (cx - 28, (box[2] + box[3]) // 2), 0.42, _GRAY)
+            continue
+        q1, med, q3 = (float(q) for q in np.quantile(arr, [0.25, 0.5, 0.75]))
+        half = max(6, round(slot * 0.18))
+        cv2.line(img, (cx, py(float(arr.min()))), (cx, py(q1)), color, 1, cv2.LINE_AA)
+        cv2.line(img, (cx, py(q3)), (cx, py(float(arr.max()))), color, 1, cv2.LINE_AA)
+        cv2.rectangle(img, (cx - half, py(q3)), (cx + half, py(q1)), color, 2)
+        cv2.line(img, (cx - half, py(med)), (cx + half, py(med)), (30, 30, 30), 2)
+        for v in arr:
+            dx = round(half + 6 + rng.uniform(0, half))
+            cv2.circle(img, (cx + dx, py(float(v))), 2, color, -1, cv2.LINE_AA)
+        _text(img, f"n={arr.size} med {_fmt(med)}", (cx - int(slot / 2) + 4, box[3] + 34), 0.38)
+    return img
+
+
+def bar_chart(
+    groups: Mapping[str, Mapping[str, float | None]],
+    *,
+    title: str,
+    limits: tuple[float, float] | None = (0.0, 1.0),
+    width: int = 560,
+    height: int = 340,
+) -> np.ndarray:
+    """Grouped BGR bars: one group per key of ``groups`` (e.g. a round), one bar per series
+    (the inner keys, coloured and named in the legend); a ``None`` value leaves a gap marked
+    "n/a". Each bar is labelled with its value."""
+    img = np.full((height, width, 3), 255, np.uint8)
+    series = list(dict.fromkeys(name for g in groups.values() for name in g))
+    left, right, top, bottom = 60, 20, 34, 44 + 16 * len(series)
+    box = (left, width - right, top, height - bottom)
+    _text(img, title, (left, 22), 0.55)
+    values = [float(v) for g in groups.values() for v in g.values() if v is not None]
+    lo, hi = _range([*values, 0.0], limits)
+    py = _value_axis(img, box, lo, hi)
+    n = max(1, len(groups))
+    slot = (box[1] - box[0]) / n
+    bar = max(4, int(slot * 0.8 / max(1, len(series))))
+    for k, (name, g) in enumerate(groups.items()):
+        gx = box[0] + slot * k + (slot - bar * len(series)) / 2
+        _text(
+            img, _fit(name, int(slot) - 4, 0.42), (round(box[0] + slot * k) + 4, box[3] + 18), 0.42
+        )
+        for j, sname in enumerate(series):
+            x = round(gx + j * bar)
+            v = g.get(sname)
+            if v is None:
+                _text(img, "n/a", (x, box[3] - 6), 0.35, _GRAY)
+                continue
+            color = PALETTE[j % len(PALETTE)]
+            cv2.rectangle(img, (x + 1, py(float(v))), (x + bar - 2, py(max(lo, 0.0))), color, -1)
+            _text(img, f"{float(v):.2f}", (x, py(float(v)) - 4), 0.35)
+    for j, sname in enumerate(series):
+        y = box[3] + 34 + 16 * j
+        cv2.rectangle(img, (left, y - 9), (left + 18, y), PALETTE[j % len(PALETTE)], -1)
+        _text(img, sname, (left + 24, y), 0.4)
+    return img
 
 
 def confusion_matrix_image(

@@ -322,8 +322,6 @@ def run_gradcam(
             "metadata.csv",
         )
     if select is not None:  # e.g. one shard of the images (camlabel.shards)
-        import dataclasses
-
         listing = dataclasses.replace(listing, paths=[p for p in listing.paths if select(p)])
     summary = GradcamSummary(
         model_version=clf.model_version, method=method_name, fusion=str(settings["fusion"])
@@ -389,10 +387,14 @@ def run_gradcam(
                 bar.update(len(chunk))
                 continue
             result = cam(np.stack(xs), targets=target_idx)
+            # each backbone's own class probabilities: the committee strategy's votes
+            members = clf.member_probabilities(np.stack(xs))
             updates: dict[str, Callable[[ImageRecord], ImageRecord]] = {}
             for i, (rec, img, box) in enumerate(loaded):
                 probs = result.probabilities[i]
                 pred = clf.prediction(probs)
+                if members is not None:
+                    pred = dataclasses.replace(pred, members=members[i])
                 grid = result.heatmaps[i]
                 heat = box.heatmap_to_image(grid)
                 npy = heat_dir / f"{rec.image_id}.npy"

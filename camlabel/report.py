@@ -200,6 +200,76 @@ def _rounds(ws: Workspace) -> str:
     )
 
 
+#: the effort charts: file name under reports/effort/, caption
+EFFORT_PLOTS = (
+    ("preannotation_iou.png", "pre-annotation vs final-mask IoU per round"),
+    ("shares.png", "accepted unchanged, IoU >= 0.8 and held-out U-Net Dice per round"),
+    ("edited_area.png", "edited area |pre XOR final| / |final| per round"),
+    ("lead_time.png", "annotation lead time per round (s)"),
+)
+
+
+def effort_plots(ws: Workspace, recs: list[ImageRecord]) -> list[Path]:
+    """Draw :data:`EFFORT_PLOTS` into ``reports/effort/`` from the ledger (rounds as in
+    ``status --json``) and, when the demo recorded it, the held-out U-Net Dice after each
+    round (``summary.json``'s ``rounds``). Returns the files written (none without rounds)."""
+    from camlabel.loop import round_samples
+    from camlabel.plots import bar_chart, box_plot, save_png
+
+    samples = round_samples(ws, recs)
+    if not samples:
+        return []
+    summary = _load_json(ws.dir("reports") / "summary.json") or {}
+    held = {
+        k: (v or {}).get("heldout_lesion_dice") for k, v in (summary.get("rounds") or {}).items()
+    }
+    names = {k: f"round {k}" for k in samples}
+    shares: dict[str, dict[str, float | None]] = {}
+    for key, smp in samples.items():
+        ious, acc = smp["preannotation_iou"], smp["accepted_unchanged"]
+        shares[names[key]] = {
+            "accepted unchanged": sum(acc) / len(acc) if acc else None,
+            "pre-annotation IoU >= 0.8": sum(v >= 0.8 for v in ious) / len(ious) if ious else None,
+            **({"held-out U-Net Dice": held.get(key)} if held else {}),
+        }
+    charts = {
+        "preannotation_iou.png": box_plot(
+            {names[k]: v["preannotation_iou"] for k, v in samples.items()},
+            title="pre-annotation vs final-mask IoU",
+            limits=(0.0, 1.0),
+        ),
+        "shares.png": bar_chart(shares, title="effort and model quality per round"),
+        "edited_area.png": box_plot(
+            {names[k]: v["edited_area"] for k, v in samples.items()},
+            title="edited area |pre XOR final| / |final|",
+        ),
+        "lead_time.png": box_plot(
+            {names[k]: v["lead_time_s"] for k, v in samples.items()},
+            title="lead time per annotation (s)",
+        ),
+    }
+    out = ws.dir("reports") / "effort"
+    return [save_png(out / name, charts[name]) for name, _ in EFFORT_PLOTS]
+
+
+def _effort_plots(ws: Workspace, recs: list[ImageRecord]) -> str:
+    files = effort_plots(ws, recs)
+    if not files:
+        return ""
+    figs = [
+        f"<figure>{_img(data_uri(f), cap)}<figcaption>{_e(cap)}</figcaption></figure>"
+        for f, (_, cap) in zip(files, EFFORT_PLOTS, strict=True)
+    ]
+    return (
+        '<section id="effort-rounds"><h2>Effort per round</h2>'
+        "<p>Does the work get easier as the model learns? Per labeling round: how close the "
+        "pre-annotations came to the final masks, how often annotators accepted them "
+        "unchanged, how much they edited, how long they took, and the held-out Dice of the "
+        "U-Net trained after the round.</p>"
+        '<div class="grid">' + "".join(figs) + "</div></section>"
+    )
+
+
 def _effort(recs: list[ImageRecord]) -> str:
     rows = []
     for r in recs:
@@ -425,6 +495,7 @@ def build_report(ws: Workspace, out: Path | None = None) -> Path:
         [
             _headline(ws, recs),
             _rounds(ws),
+            _effort_plots(ws, recs),
             _effort(recs),
             _classifier(ws),
             _gradcam(ws, recs),

@@ -88,6 +88,9 @@ def demo(
             seg_stem_stride=1,
             seg_negatives=4,
             cam_all_images=True,
+            round1_images=14,
+            round2_images=10,
+            seg_round2_epochs=1,
         )
     run_demo(
         workspace,

@@ -112,6 +112,14 @@ from camlabel.errors import BatchError
     "--seed", type=int, default=None, help="Split/augmentation/weights seed [workspace seed]."
 )
 @click.option(
+    "--init",
+    "init_model",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="(local) Start from this segmenter's weights (a train-seg model folder or its "
+    "model.keras, same sizes): fine-tune the previous round's U-Net instead of training anew.",
+)
+@click.option(
     "--bucket",
     default=None,
     help="(sagemaker) S3 bucket [sagemaker.bucket, else groundtruth.bucket].",
@@ -158,6 +166,7 @@ def train_seg(
     val_fraction: float,
     patience: int,
     seed: int | None,
+    init_model: Path | None,
     bucket: str | None,
     prefix: str | None,
     role_arn: str | None,
@@ -188,6 +197,18 @@ def train_seg(
         )
     if dry_run and on != "sagemaker":
         raise UsageError("--dry-run only applies to --on sagemaker. Received: --on local")
+    init_file = None
+    if init_model is not None:
+        from camlabel.models.segmenter import MODEL_FILE
+
+        if on != "local":
+            raise UsageError(f"--init only applies to --on local. Received: --on {on}")
+        init_file = init_model / MODEL_FILE if init_model.is_dir() else init_model
+        if not init_file.is_file():
+            raise UsageError(
+                f"--init needs a train-seg model folder or its {MODEL_FILE}. Received: {init_model}",
+                hint="pass WS/models/seg-<run> of the previous round",
+            )
     ws = open_workspace(workspace)
     sm_settings = None
     if on == "sagemaker":
@@ -236,6 +257,7 @@ def train_seg(
         model_overrides={
             "arch": arch,
             **({"stem-stride": int(stem_stride)} if stem_stride != "1" else {}),
+            **({"init-weights": str(init_file.resolve())} if init_file else {}),
         },
         sagemaker=sm_settings,
         dry_run=dry_run,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from camlabel.errors import ModelError
@@ -270,6 +271,31 @@ def _check_args(
         raise ModelError(
             f"`pretrained` must be None or 'imagenet'. Received: pretrained={pretrained!r}"
         )
+
+
+def member_logits(
+    kernel: np.ndarray, bias: np.ndarray, features: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Each member's share of the ensemble's logits: ``features[m] @ kernel_m + bias``.
+
+    The ensemble has one linear head over the concatenated pooled features, so its logits
+    are exactly ``sum_m features[m] @ kernel_m + bias``; ``kernel_m`` is the block of kernel
+    rows that reads member ``m``'s features. Each member's own logits (with the shared bias)
+    are what that member alone says about the classes - the committee's votes
+    (``camlabel.active``'s ``committee`` strategy); the same per-member split as the CAMs'
+    ``contribution`` fusion. ``features``: ``(B, d_m)`` per member, in concatenation order.
+    """
+    widths = [int(f.shape[-1]) for f in features]
+    if sum(widths) != kernel.shape[0]:
+        raise ModelError(
+            f"the members' pooled features ({widths}, {sum(widths)} in all) do not match the "
+            f"head's kernel rows ({kernel.shape[0]})"
+        )
+    out, row = [], 0
+    for f, w in zip(features, widths, strict=True):
+        out.append(np.asarray(f, np.float64) @ np.asarray(kernel[row : row + w], np.float64) + bias)
+        row += w
+    return out
 
 
 def build_ensemble(

@@ -52,8 +52,52 @@ def child_environment(
     if root not in site_dirs:
         rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
         env["PYTHONPATH"] = os.pathsep.join([root, *rest])
+    env.update(child_thread_env(base))
     env.update(extra or {})
     return env
+
+
+def child_thread_env(base: Mapping[str, str]) -> dict[str, str]:
+    """Thread-pool sizes for the training child, so its pools do not oversubscribe the cores.
+
+    Left alone, TensorFlow sizes its intra-op AND inter-op pools to the core count it sees
+    (in a container with a CPU quota: the HOST's cores, see :func:`usable_cores`), oneDNN /
+    OpenMP / BLAS add their own, and OpenCV a pool per loader thread: on a 2-core machine
+    dozens of runnable threads, and the time goes into switching between them
+    (benchmarks/seg_threads.py). Here: intra-op = cores (the convolutions use every core),
+    inter-op = 1 (the training step is one chain of ops), OpenMP / BLAS pools of 1, OpenCV
+    single-threaded inside the loader threads (``CAMLABEL_CV2_THREADS``). Variables already
+    set in ``base`` win; ``CAMLABEL_THREADS=0`` turns all of this off.
+    """
+    if base.get("CAMLABEL_THREADS", "").strip() == "0":
+        return {}
+    cores = str(usable_cores())
+    wanted = {
+        "TF_NUM_INTRAOP_THREADS": cores,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CAMLABEL_CV2_THREADS": "1",
+    }
+    return {k: v for k, v in wanted.items() if not base.get(k)}
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may really use: its CPU affinity, capped by a cgroup v2 CPU
+    quota (``cpu.max``: a container limited to 2 CPUs on a 64-core host sees 64 in
+    ``os.cpu_count()``, and TensorFlow sizes its pools by that)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def hyperparameter_args(hyperparameters: Mapping[str, Any]) -> list[str]:

@@ -38,6 +38,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,12 @@ HYPERPARAMETERS: dict[str, tuple[type, Any, str]] = {
     "steps-per-execution": (int, 1, "batches per compiled step (raise on fast GPUs)"),
     "eager": (int, 0, "1: run eagerly (tests: avoids tracing cost on tiny models)"),
     "max-train-images": (int, 0, "use at most this many training images (0: all)"),
+    "init-weights": (
+        str,
+        "",
+        "a model.keras of the same Tiramisu size whose weights training starts from "
+        "(fine-tuning a previous round's segmenter); empty: random initialisation",
+    ),
 }
 
 
@@ -488,7 +495,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     batch = max(1, min(args.batch_size, len(train_rows)))
     aug = Augment() if args.augment else None
+    # more loader threads than cores only queue up behind each other (see child_thread_env)
     threads = max(1, args.workers)
+    if os.environ.get("CAMLABEL_THREADS", "").strip() != "0":
+        from camlabel.train.local import usable_cores
+
+        threads = min(threads, usable_cores())
+    if os.environ.get("CAMLABEL_CV2_THREADS", "").strip().isdigit():
+        import cv2
+
+        cv2.setNumThreads(int(os.environ["CAMLABEL_CV2_THREADS"]))
     train_ds = SegBatches(
         x_tr, c_tr, batch, augment=aug, shuffle=True, seed=args.seed, workers=threads
     )
@@ -503,6 +519,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             run_eagerly=bool(args.eager),
             steps_per_execution=max(1, args.steps_per_execution),
         )
+        if str(args.init_weights).strip():
+            model(np.zeros((1, size, size, 1), np.float32))  # build before loading
+            with warnings.catch_warnings():  # a fresh optimizer is the point of fine-tuning
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optim")
+                model.load_weights(str(args.init_weights))
+            emit({"event": "init", "weights": str(args.init_weights)})
     # a small seeded subset before each validation (every epoch: ~25 % of an epoch's time with
     # all images on a 2-core CPU), the larger one for the statistics the saved model keeps;
     # neither is built when recalibration is off

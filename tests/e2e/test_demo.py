@@ -39,7 +39,7 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
     )
     (artifacts_dir / "demo-quick.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, r.stderr[-3000:]
-    for step in ("1/9", "5/9", "7/9", "9/9"):
+    for step in ("1/12", "5/12", "7/12", "9/12", "10/12", "11/12", "12/12"):
         assert step in r.stderr
     ws = Workspace.open(ws_dir)
     summary = json.loads((ws_dir / "reports" / "summary.json").read_text())
@@ -55,6 +55,20 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
         assert (ws_dir / x.mask.path).is_file()
         assert x.mask.annotation_ids and x.mask.consensus == "majority"
     assert summary["preannotation_iou_mean"] is not None
+    # two rounds: 14 images on CAM pre-annotations, then the 10 others on round 1's U-Net's
+    by_round = {n: [x for x in pushed if x.jobs["labelstudio"].round == n] for n in (1, 2)}
+    assert len(by_round[1]) == 14 and len(by_round[2]) == 10
+    assert all(x.preannotation.source != "segmenter" for x in by_round[1])
+    seg_versions = {x.preannotation.model_version for x in by_round[2]}
+    assert all(x.preannotation.source == "segmenter" for x in by_round[2])
+    assert seg_versions == {summary["segmenter_init"]} or len(seg_versions) == 1
+    assert set(summary["rounds"]) == {"1", "2"}
+    for key, rnd in summary["rounds"].items():
+        assert rnd["published"] == len(by_round[int(key)])
+        assert rnd["heldout_lesion_dice"] is not None and 0.0 <= rnd["heldout_lesion_dice"] <= 1
+        assert rnd["lesion_images"] >= 1
+        assert 0.0 <= rnd["preannotation_iou_truth_median"] <= 1.0
+    assert summary["rounds"]["2"]["sources"] == {f"segmenter {seg_versions.pop()}": 10}
     # every image went to annotators, so no image is a lesion-free negative by label alone
     assert summary["segmenter_negatives"] == 0
     held = json.loads((ws_dir / "reports" / "heldout.json").read_text())
@@ -72,7 +86,11 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
         env={**os.environ, "CAMLABEL_QUIET": "1"},
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert "0 new task(s), 24 already present" in r2.stderr
+    # both rounds are full: nothing new is pushed in either
+    assert r2.stderr.count("0 new task(s), 0 already present") == 2
+    assert {x.image_id: x.jobs for x in Workspace.open(ws_dir).ledger.all()} == {
+        x.image_id: x.jobs for x in recs
+    }
     assert len(Workspace.open(ws_dir).ledger.all()) == 24
 
 
@@ -113,51 +131,60 @@ def test_interactive_demo_waits_for_a_person_and_goes_on(
             text=True,
             env={**os.environ, "CAMLABEL_QUIET": "1"},
         )
+    annotated = skipped = 0
     try:
-        # the person waits until the demo says where to annotate
-        deadline = time.monotonic() + 900
-        while "annotate in the browser" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the demo never asked for annotations"
-            time.sleep(1)
-        text = log.read_text()
-        assert "http://127.0.0.1:" in text and "login admin@" in text
-        ws = Workspace.open(ws_dir)
-        jobs = {r.image_id: r.jobs["labelstudio"] for r in ws.ledger.all() if r.jobs}
-        assert len(jobs) == 24
-        time.sleep(3)
-        assert proc.poll() is None  # still waiting: nothing is annotated yet
-
         root = ws_dir / "data" / "train"
-        truth_rows = {
-            str((root / row["file"]).resolve()): row
-            for row in csv.DictReader((root / "metadata.csv").open(newline=""))
-        }
-        truth = {
-            r.image_id: read_mask_png(root / truth_rows[r.source_path]["lesion_mask"])
-            for r in ws.ledger.all()
-            if r.image_id in jobs
-        }
-        person = simulate_annotators(
-            get_backend("labelstudio", ws),  # type: ignore[arg-type]
-            jobs,
-            truth,
-            seed=7,
-            skip_rate=0.2,
-            double_rate=0.0,
-        )
-        assert person.annotated + person.skipped == 24 and person.skipped >= 1
+        truth_rows = {}
+        for round_no, n_tasks in ((1, 14), (2, 10)):
+            # the person waits until the demo says where to annotate this round
+            deadline = time.monotonic() + 900
+            while log.read_text().count("annotate in the browser") < round_no:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the demo never asked for annotations"
+                time.sleep(1)
+            text = log.read_text()
+            assert "http://127.0.0.1:" in text and "login admin@" in text
+            ws = Workspace.open(ws_dir)
+            jobs = {
+                r.image_id: r.jobs["labelstudio"]
+                for r in ws.ledger.all()
+                if r.jobs and r.jobs["labelstudio"].round == round_no
+            }
+            assert len(jobs) == n_tasks
+            time.sleep(3)
+            assert proc.poll() is None  # still waiting: nothing is annotated yet
+            truth_rows = truth_rows or {
+                str((root / row["file"]).resolve()): row
+                for row in csv.DictReader((root / "metadata.csv").open(newline=""))
+            }
+            truth = {
+                r.image_id: read_mask_png(root / truth_rows[r.source_path]["lesion_mask"])
+                for r in ws.ledger.all()
+                if r.image_id in jobs
+            }
+            person = simulate_annotators(
+                get_backend("labelstudio", ws),  # type: ignore[arg-type]
+                jobs,
+                truth,
+                seed=7 + round_no,
+                skip_rate=0.2,
+                double_rate=0.0,
+            )
+            assert person.annotated + person.skipped == n_tasks
+            annotated += person.annotated
+            skipped += person.skipped
+        assert skipped >= 1
         assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
         srv.stop(Workspace.open(ws_dir))
     text = log.read_text()
-    assert "24/24 task(s) done" in text and "9/9" in text
+    assert "14/14 task(s) done" in text and "10/10 task(s) done" in text and "12/12" in text
     ws = Workspace.open(ws_dir)
     masked = [r for r in ws.ledger.all() if r.mask is not None]
     # every task annotated by the person with a lesion drawn has a mask; skipped ones none
-    assert len(masked) == person.annotated
+    assert len(masked) == annotated
     assert (ws_dir / "reports" / "index.html").is_file()
     summary = json.loads((ws_dir / "reports" / "summary.json").read_text())
-    assert summary["masks"] == person.annotated
+    assert summary["masks"] == annotated

@@ -271,3 +271,61 @@ def test_status_reports_effort_per_round(tmp_path: Path) -> None:
     assert one["edited_area"]["mean"] == pytest.approx(24 / 49 / 2, abs=1e-3)
     assert two["preannotation_iou"]["median"] == pytest.approx(1.0)
     assert two["edited_area"]["median"] == 0.0 and two["preannotation_iou_ge_0_8_share"] == 1.0
+
+
+def test_the_report_plots_effort_per_round(tmp_path: Path) -> None:
+    """The report's effort charts are PNG files under reports/effort/, embedded in the HTML,
+    drawn from the rounds (and the demo's held-out Dice per round when summary.json has it)."""
+    import base64
+    import json
+    from html import escape as html_escape
+
+    import cv2
+
+    from camlabel.geometry import PolygonPx, polygons_to_mask
+    from camlabel.report import EFFORT_PLOTS, build_report
+
+    ws = _workspace(tmp_path, [(0.34, 0.33, 0.33), (0.4, 0.35, 0.25), (0.9, 0.05, 0.05)])
+    by_src = {Path(r.source_path).name: r.image_id for r in ws.ledger.all()}
+    server = FakeServer()
+    opts = {"server": server}
+    loop.push_jobs(ws, "fake", options=opts, select=2, progress=False)
+    loop.push_jobs(ws, "fake", options=opts, select=1, round=2, progress=False)
+    pre = polygons_to_mask([PolygonPx.from_json(SQUARE)], 8, 8)
+    bigger = np.zeros((8, 8), bool)
+    bigger[1:8, 1:8] = True
+    server.annotate(by_src["img0.png"], pre)
+    server.annotate(by_src["img1.png"], bigger)
+    server.annotate(by_src["img2.png"], pre)
+    loop.pull_masks(ws, "fake", options=opts, progress=False)
+    rounds = {"1": {"heldout_lesion_dice": 0.5}, "2": {"heldout_lesion_dice": 0.9}}
+    (ws.dir("reports") / "summary.json").write_text(json.dumps({"rounds": rounds}))
+    html = build_report(ws).read_text()
+    assert "Effort per round" in html
+    for name, caption in EFFORT_PLOTS:
+        png = ws.dir("reports") / "effort" / name
+        img = cv2.imread(str(png))
+        assert img is not None and img.shape[0] > 100 and (img < 250).any()  # drawn, not blank
+        assert base64.b64encode(png.read_bytes()).decode() in html
+        assert html_escape(caption) in html
+
+
+def test_effort_charts_put_values_where_they_belong() -> None:
+    from camlabel.plots import PALETTE, bar_chart, box_plot
+
+    # box plot on 0..1: the median line of [0.25, 0.5, 0.75] lies halfway up the axis
+    img = box_plot({"round 1": [0.25, 0.5, 0.75]}, title="t", limits=(0.0, 1.0))
+    top, bottom = 34, img.shape[0] - 44
+    dark = np.where((img[:, 60:-20] == 30).all(axis=2).sum(axis=1) >= 10)[0]
+    assert abs(int(dark.mean()) - (top + bottom) / 2) <= 2
+    # grouped bars: the second round's 0.8 bar is twice as tall as the first round's 0.4
+    bars = bar_chart({"r1": {"a": 0.4, "b": None}, "r2": {"a": 0.8, "b": 0.1}}, title="t")
+    blue = (bars == np.array(PALETTE[0], np.uint8)).all(axis=2)
+    cols = np.where(blue.any(axis=0))[0]
+    left, right = cols[cols < bars.shape[1] // 2], cols[cols >= bars.shape[1] // 2]
+    h1 = blue[:, left[len(left) // 2]].sum()
+    h2 = blue[:, right[len(right) // 2]].sum()
+    assert h2 == pytest.approx(2 * h1, rel=0.05)
+    second = (bars == np.array(PALETTE[1], np.uint8)).all(axis=2)
+    xs = np.where(second[:-70].any(axis=0))[0]
+    assert xs.size and xs.min() > bars.shape[1] // 2

@@ -543,3 +543,77 @@ def test_backups_every_n_epochs_and_an_interrupted_run_resumes_from_the_last(
     )
     assert begun.epochs == [3, 4, 5, 6]  # epochs 4-5 redone, 1-3 not
     assert not backup.exists()  # a finished run removes its backup
+
+
+def test_init_weights_start_training_from_a_previous_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--init-weights`` (the demo's round 2 fine-tunes round 1's U-Net): with a zero
+    learning rate the trained weights are exactly the initial ones, so the run started from
+    the previous model's weights, not from the seeded random initialisation."""
+    from camlabel.models.segmenter import load_segmenter
+
+    data = make_seg_folder(tmp_path / "data")
+    first = tmp_path / "first"
+    assert ts.main(["--train", str(data), "--model-dir", str(first), *TINY_ARGS]) == 0
+    frozen = [*TINY_ARGS, "--lr", "0"]
+    init = str(first / "model.keras")
+    capsys.readouterr()
+    assert (
+        ts.main(
+            [
+                "--train",
+                str(data),
+                "--model-dir",
+                str(tmp_path / "i"),
+                *frozen,
+                "--init-weights",
+                init,
+            ]
+        )
+        == 0
+    )
+    events = [e for e in _events(capsys.readouterr().out) if e["event"] == "init"]
+    assert events == [{"event": "init", "weights": init}]
+    assert ts.main(["--train", str(data), "--model-dir", str(tmp_path / "r"), *frozen]) == 0
+
+    def weights(name: str) -> list[np.ndarray]:
+        return [np.asarray(w) for w in load_segmenter(tmp_path / name).model.trainable_weights]
+
+    ref, fine, fresh = weights("first"), weights("i"), weights("r")
+    assert all(np.array_equal(a, b) for a, b in zip(ref, fine, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(ref, fresh, strict=True))
+
+
+def test_the_training_child_gets_thread_pools_sized_to_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import camlabel.train.local as local
+    from camlabel.train.local import child_environment
+
+    monkeypatch.setattr(local, "usable_cores", lambda: 2)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TF_NUM_", "OMP_"))}
+    clean = {k: v for k, v in clean.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    clean.pop("CAMLABEL_THREADS", None)
+    clean.pop("CAMLABEL_CV2_THREADS", None)
+    env = child_environment(clean)
+    assert (env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"]) == ("2", "1")
+    assert env["OMP_NUM_THREADS"] == env["CAMLABEL_CV2_THREADS"] == "1"
+    # the user's own settings win; CAMLABEL_THREADS=0 leaves every pool as it was
+    assert (
+        child_environment({**clean, "TF_NUM_INTRAOP_THREADS": "8"})["TF_NUM_INTRAOP_THREADS"] == "8"
+    )
+    off = child_environment({**clean, "CAMLABEL_THREADS": "0"})
+    assert not {k for k in off if k.startswith("TF_NUM_") or k == "CAMLABEL_CV2_THREADS"}
+
+
+def test_usable_cores_honours_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    from camlabel.train.local import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 CPUs: 2 threads
+    assert usable_cores(quota) == min(affinity, 2)
+    quota.write_text("max 100000\n")
+    assert usable_cores(quota) == affinity
+    assert usable_cores(tmp_path / "missing") == affinity

@@ -3,9 +3,17 @@
 For each task the simulation knows the true lesion mask (phantoms carry one) and behaves like
 an annotator correcting a pre-annotation: it traces the true lesion outline with human-like
 noise (vertex jitter, a slight shift and scale, Douglas-Peucker simplification as a person
-clicks fewer vertices), confirms or corrects the image class, accepts a pre-annotation unchanged
-when it is already close to the truth, skips a few tasks, and on some tasks a second annotator
-answers too. Everything goes through the Label Studio REST API (users, annotations), so
+clicks fewer vertices), confirms or corrects the image class, skips a few tasks, and on some
+tasks a second annotator answers too. What the first annotator does depends on how close the
+pre-annotation comes to the truth, as with a person looking at both:
+
+- close (IoU >= ``accept_iou``): accepts it unchanged;
+- near (IoU >= ``edit_iou``): edits it - the regions where it is wrong by more than a couple of
+  pixels are corrected toward the truth, thin slivers along the boundary stay as they were,
+  and the corrected outline is clicked with a little vertex noise;
+- far: redraws the lesion from scratch.
+
+The exact truth is never handed back. Everything goes through the Label Studio REST API (users, annotations), so
 ``pull-masks`` reads exactly what a browser session would have produced.
 
 Re-running it annotates only tasks that have no annotation yet.
@@ -32,6 +40,8 @@ class SimulationReport:
     skipped: int = 0
     double_annotated: int = 0
     accepted_unchanged: int = 0
+    edited: int = 0
+    redrawn: int = 0
     already_done: int = 0
     annotations: list[dict[str, Any]] = field(default_factory=list)
 
@@ -58,7 +68,12 @@ def _noisy_polygons(
 
 
 def _result(
-    polys_px: list[np.ndarray], label: str, klass: str | None, w: int, h: int
+    polys_px: list[np.ndarray],
+    label: str,
+    klass: str | None,
+    w: int,
+    h: int,
+    origin: str = "manual",
 ) -> list[dict[str, Any]]:
     from camlabel.geometry import px_to_pct
 
@@ -73,7 +88,7 @@ def _result(
                 "original_width": w,
                 "original_height": h,
                 "image_rotation": 0,
-                "origin": "manual",
+                "origin": origin,
                 "value": {
                     "points": px_to_pct(pts, w, h).tolist(),
                     "closed": True,
@@ -93,6 +108,20 @@ def _result(
             }
         )
     return res
+
+
+def edited_mask(pre: np.ndarray, truth: np.ndarray, *, tolerance_px: int = 2) -> np.ndarray:
+    """The pre-annotation after a person's edit: every disagreement with the truth wider than
+    ``tolerance_px`` (a morphological opening of ``pre XOR truth``) is corrected, thinner
+    slivers along the boundary are left as they were."""
+    import cv2
+
+    pre_b, truth_b = pre.astype(bool), truth.astype(bool)
+    diff = (pre_b ^ truth_b).astype(np.uint8)
+    k = 2 * max(1, int(tolerance_px)) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    fixed = cv2.morphologyEx(diff, cv2.MORPH_OPEN, kernel).astype(bool)
+    return pre_b ^ fixed
 
 
 def _user_ids(backend: LabelStudioBackend) -> list[int]:
@@ -128,6 +157,7 @@ def simulate_annotators(
     double_rate: float = 0.25,
     jitter_px: float = 0.8,
     accept_iou: float = 0.9,
+    edit_iou: float = 0.5,
     preannotation_masks: Mapping[str, np.ndarray] | None = None,
     max_vertices: int = 40,
 ) -> SimulationReport:
@@ -136,7 +166,9 @@ def simulate_annotators(
     ``truth`` maps image_id -> true lesion mask (original resolution); ``labels`` the true
     class (the annotator corrects the model's class with it). A pre-annotation whose IoU with
     the truth is at least ``accept_iou`` is accepted unchanged (submitted as the prediction's
-    own regions, ``origin: prediction``), as a person would.
+    own regions, ``origin: prediction``), one at least ``edit_iou`` is edited
+    (:func:`edited_mask`, ``origin: prediction-changed``), others are redrawn; see the module
+    docstring. ``report.edited`` / ``report.redrawn`` count the first annotators' choices.
     """
     from camlabel.geometry import iou
 
@@ -184,11 +216,18 @@ def simulate_annotators(
                 result = [dict(r, origin="prediction") for r in (pres or [])]
                 result += _result([], label, klass, w, h)
                 report.accepted_unchanged += 1
+            elif k == 0 and pre is not None and t.any() and iou(pre, t) >= edit_iou:
+                polys = _noisy_polygons(
+                    edited_mask(pre, t), rng, jitter_px=jitter_px * 0.5, max_vertices=max_vertices
+                )
+                result = _result(polys, label, klass, w, h, origin="prediction-changed")
+                report.edited += 1
             else:
                 polys = _noisy_polygons(
                     t, rng, jitter_px=jitter_px * (1 + 0.5 * k), max_vertices=max_vertices
                 )
                 result = _result(polys, label, klass, w, h)
+                report.redrawn += k == 0
             ann = backend._call(
                 f"annotating task {job.task}",
                 ls.annotations.create,
