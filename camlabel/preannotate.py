@@ -571,6 +571,9 @@ class PreannotateSummary:
     unchanged: int = 0
     empty: int = 0
     skipped_annotated: int = 0
+    #: images the classifier predicted as a class without lesions (not pre-annotated unless
+    #: ``all_images``: the paper segments only images classified COVID-19 or pneumonia)
+    skipped_not_lesion: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -582,6 +585,7 @@ class PreannotateSummary:
             "unchanged": self.unchanged,
             "empty": self.empty,
             "skipped_annotated": self.skipped_annotated,
+            "skipped_not_lesion": self.skipped_not_lesion,
             "failures": [list(f) for f in self.failures],
         }
 
@@ -596,6 +600,7 @@ def run_preannotate(
     lung_masks: str | Path | None = None,
     lung_model: str | Path | None = None,
     batch_size: int = 8,
+    all_images: bool = False,
     progress: bool = False,
 ) -> PreannotateSummary:
     """Pre-annotations for the images not yet published or annotated, from ``source``:
@@ -605,7 +610,9 @@ def run_preannotate(
       lesion class (or already pre-annotated) only;
     - ``"segmenter"``: the ``model`` segmenter's probability map at the original resolution,
       thresholded at its own threshold (polygons with holes where the map has them); the
-      pre-annotation records the model version and its uncertainty (mean binary entropy).
+      pre-annotation records the model version and its uncertainty (mean binary entropy);
+      images the classifier predicted as a lesion-free class are left out (counted in
+      ``skipped_not_lesion``) unless ``all_images``; images without a prediction are kept.
 
     ``images`` (files, folders, ``metadata.csv``) are registered first and limit the work to
     them; without, every record in the ledger is a candidate. Idempotent: an image whose
@@ -632,9 +639,18 @@ def run_preannotate(
     else:
         candidates = ws.ledger.all()
     todo = []
+    lesion = set(ws.lesion_classes)
     for rec in sorted(candidates, key=lambda r: r.image_id):
         if rec.state not in PREANNOTATION_REPLACEABLE_STATES:
             summary.skipped_annotated += 1
+        elif (
+            source == "segmenter"
+            and not all_images
+            and rec.preannotation is None
+            and rec.prediction is not None
+            and rec.prediction.predicted_class not in lesion
+        ):
+            summary.skipped_not_lesion += 1
         else:
             todo.append(rec)
     summary.candidates = len(todo)
@@ -648,7 +664,6 @@ def run_preannotate(
     else:
         settings = cam_settings(ws, refine=refine)
         lungs = _open_lungs(str(settings["refine"]), lung_masks, lung_model)
-        lesion = set(ws.lesion_classes)
         pres = {}
         for rec in todo:
             if rec.heatmap is None or not (
@@ -691,6 +706,7 @@ def run_preannotate(
             "lung_masks": str(lung_masks) if lung_masks else None,
             "lung_model": str(lung_model) if lung_model else None,
             "images": len(images),
+            "all_images": all_images,
         },
         model_version=summary.model_version,
         result={k: v for k, v in summary.to_json().items() if k != "failures"}

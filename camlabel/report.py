@@ -127,6 +127,9 @@ def _headline(ws: Workspace, recs: list[ImageRecord]) -> str:
         cards.append(
             _card("Grad-CAM pointing game (hit rate)", _pct(summary["pointing_game_hit_rate"]))
         )
+    refined = summary.get("pointing_game_refined") or {}
+    if refined.get("rate") is not None:
+        cards.append(_card("pointing game, CAM inside its refined region", _pct(refined["rate"])))
     if "heldout_lesion_dice" in summary:
         d = summary["heldout_lesion_dice"]
         goal = summary.get("dice_goal", 0.92)

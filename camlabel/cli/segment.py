@@ -394,6 +394,12 @@ def predict(
 @refine_option
 @lung_field_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--all",
+    "all_images",
+    is_flag=True,
+    help="--from segmenter: also images the classifier predicted as a lesion-free class.",
+)
 @json_option
 def preannotate(
     workspace: Path,
@@ -404,11 +410,14 @@ def preannotate(
     lung_masks: Path | None,
     lung_model: Path | None,
     batch_size: int,
+    all_images: bool,
     as_json: bool,
 ) -> None:
     """Pre-annotations for images not yet published or annotated, from the CAM or a segmenter.
 
-    --from segmenter MODEL [IMAGES...]: the trained U-Net pre-annotates (the next round);
+    --from segmenter MODEL [IMAGES...]: the trained U-Net pre-annotates (the next round) the
+    images the classifier predicted as a lesion class (and those without a prediction; --all:
+    every image);
     --from cam [IMAGES...]: the stored heatmaps again, e.g. with another --refine. IMAGES
     (files, folders, metadata.csv) are registered first and limit the work to them.
     Idempotent: images already pre-annotated by the same source and version are kept.
@@ -428,6 +437,7 @@ def preannotate(
         lung_masks=lung_masks,
         lung_model=lung_model,
         batch_size=batch_size,
+        all_images=all_images,
         progress=show_progress(),
     )
     if as_json:
@@ -436,6 +446,11 @@ def preannotate(
         click.echo(
             f"{source}: {s.preannotated} image(s) pre-annotated ({s.empty} without a region), "
             f"{s.unchanged} unchanged, {s.skipped_annotated} already published/annotated"
+            + (
+                f", {s.skipped_not_lesion} predicted lesion-free (--all to include them)"
+                if s.skipped_not_lesion
+                else ""
+            )
         )
     if s.failures:
         raise BatchError(

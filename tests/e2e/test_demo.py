@@ -55,6 +55,10 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
         assert (ws_dir / x.mask.path).is_file()
         assert x.mask.annotation_ids and x.mask.consensus == "majority"
     assert summary["preannotation_iou_mean"] is not None
+    raw, refined = summary["pointing_game"], summary["pointing_game_refined"]
+    assert raw["lesion_images"] == refined["lesion_images"] >= 1
+    assert summary["pointing_game_hit_rate"] == raw["hits"] / raw["lesion_images"]
+    assert refined["rate"] == refined["hits"] / refined["lesion_images"]
     # two rounds: 14 images on CAM pre-annotations, then the 10 others on round 1's U-Net's
     by_round = {n: [x for x in pushed if x.jobs["labelstudio"].round == n] for n in (1, 2)}
     assert len(by_round[1]) == 14 and len(by_round[2]) == 10

@@ -123,7 +123,14 @@ def loop_workspace(tmp_path: Path) -> Workspace:
         json.dumps({"overall": {"mean_lung_energy": 0.71, "flagged": 1, "n_images": 6}})
     )
     (ws.dir("reports") / "summary.json").write_text(
-        json.dumps({"pointing_game_hit_rate": 0.75, "heldout_lesion_dice": 0.93, "dice_goal": 0.92})
+        json.dumps(
+            {
+                "pointing_game_hit_rate": 0.75,
+                "pointing_game_refined": {"hits": 9, "lesion_images": 10, "rate": 0.9},
+                "heldout_lesion_dice": 0.93,
+                "dice_goal": 0.92,
+            }
+        )
     )
     return ws
 
@@ -176,6 +183,7 @@ def test_report_renders_offline_with_the_loops_figures(
     )
     assert cards["images"] == "6"
     assert cards["Grad-CAM pointing game (hit rate)"] == "75%"
+    assert cards["pointing game, CAM inside its refined region"] == "90%"
     assert cards["U-Net lesion Dice, held-out phantoms (goal ≥ 0.92)"] == "0.930"
     assert cards["pre-annotation vs final IoU"] == "0.750"
     assert cards["accuracy"] == "0.833"

@@ -87,3 +87,39 @@ def test_errors_name_what_is_missing(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "needs the segmenter MODEL" in r.output
     r = CliRunner().invoke(cli, ["preannotate", "-w", str(ws.root), "--from", "unet"])
     assert r.exit_code == 2 and "'unet' is not one of 'cam', 'segmenter'" in r.output
+
+
+def test_the_segmenter_leaves_out_images_predicted_lesion_free_unless_all(
+    tmp_path: Path, segmenter: Path
+) -> None:
+    """As the paper segments only images classified COVID-19 or pneumonia: a normal
+    prediction is skipped (and counted), no prediction or a lesion class is pre-annotated;
+    --all takes the normal one too."""
+    from camlabel.records import Prediction
+
+    ws = Workspace.init(tmp_path / "ws")
+    records, _ = ws.register_images(_images(tmp_path / "in", 3))
+    names = {Path(r.source_path).name: r.image_id for r in records}
+    normal, lesion = ws.classes[-1], ws.lesion_classes[0]
+    assert normal not in ws.lesion_classes
+    with ws.ledger.transaction() as txn:
+        for name, cls in (("cxr0.png", normal), ("cxr1.png", lesion)):
+            rec = txn.get(names[name])
+            assert rec is not None
+            txn.put(rec.evolve(prediction=Prediction(cls, 0.9, {cls: 0.9}, "cls-1")))
+    args = ["preannotate", "-w", str(ws.root), "--from", "segmenter", str(segmenter)]
+    r = CliRunner().invoke(cli, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["preannotated"], s["skipped_not_lesion"]) == (2, 1)
+    pre = {Path(x.source_path).name: x.preannotation for x in ws.ledger.all()}
+    assert pre["cxr0.png"] is None
+    assert pre["cxr1.png"] is not None and pre["cxr2.png"] is not None
+    r = CliRunner().invoke(cli, args)
+    assert "1 predicted lesion-free (--all to include them)" in r.output
+    r = CliRunner().invoke(cli, [*args, "--all", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["preannotated"], s["unchanged"], s["skipped_not_lesion"]) == (1, 2, 0)
+    normal_pre = {Path(x.source_path).name: x.preannotation for x in ws.ledger.all()}["cxr0.png"]
+    assert normal_pre is not None and normal_pre.source == "segmenter"
