@@ -40,3 +40,18 @@ def test_edit_of_an_empty_pre_annotation_draws_the_lesion() -> None:
     truth = _disk(64, 64, 32, 32, 12)
     out = edited_mask(np.zeros_like(truth), truth)
     assert iou(out, truth) >= 0.95
+
+
+def test_the_first_annotator_accepts_edits_or_redraws_by_how_close_the_pre_annotation_is() -> None:
+    from camlabel.backends.labelstudio.simulate import choose_action
+
+    truth = _disk(64, 64, 32, 32, 12)
+    empty = np.zeros_like(truth)
+    assert choose_action(truth.copy(), truth) == "accept"
+    assert choose_action(_disk(64, 64, 32, 34, 12), truth) == "edit"  # IoU ~0.8
+    assert choose_action(_disk(64, 64, 10, 10, 6), truth) == "redraw"
+    assert choose_action(None, truth) == "redraw"
+    # a lesion-free image: an empty pre-annotation is right as it is, drawn regions go
+    assert choose_action(empty, empty) == "accept"
+    assert choose_action(truth, empty) == "edit"
+    assert not edited_mask(truth, empty).any()

@@ -13,6 +13,9 @@ pre-annotation comes to the truth, as with a person looking at both:
   and the corrected outline is clicked with a little vertex noise;
 - far: redraws the lesion from scratch.
 
+On a lesion-free image (empty truth) an empty pre-annotation is accepted, and regions drawn
+on it are deleted (an edit).
+
 The exact truth is never handed back. Everything goes through the Label Studio REST API (users, annotations), so
 ``pull-masks`` reads exactly what a browser session would have produced.
 
@@ -113,15 +116,33 @@ def _result(
 def edited_mask(pre: np.ndarray, truth: np.ndarray, *, tolerance_px: int = 2) -> np.ndarray:
     """The pre-annotation after a person's edit: every disagreement with the truth wider than
     ``tolerance_px`` (a morphological opening of ``pre XOR truth``) is corrected, thinner
-    slivers along the boundary are left as they were."""
+    slivers along the boundary are left as they were. On a lesion-free image every region
+    is deleted."""
     import cv2
 
     pre_b, truth_b = pre.astype(bool), truth.astype(bool)
+    if not truth_b.any():  # no lesion: the regions are deleted, not trimmed
+        return np.zeros_like(pre_b)
     diff = (pre_b ^ truth_b).astype(np.uint8)
     k = 2 * max(1, int(tolerance_px)) + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     fixed = cv2.morphologyEx(diff, cv2.MORPH_OPEN, kernel).astype(bool)
     return pre_b ^ fixed
+
+
+def choose_action(
+    pre: np.ndarray | None, truth: np.ndarray, *, accept_iou: float = 0.9, edit_iou: float = 0.5
+) -> str:
+    """What the first annotator does with pre-annotation ``pre`` (None: there is none) given
+    the true lesion: ``"accept"`` (unchanged), ``"edit"`` or ``"redraw"``."""
+    from camlabel.geometry import iou
+
+    if pre is None:
+        return "redraw"
+    if not truth.any():  # nothing to draw: keep an empty answer, delete what was drawn
+        return "edit" if pre.any() else "accept"
+    score = iou(pre, truth)
+    return "accept" if score >= accept_iou else "edit" if score >= edit_iou else "redraw"
 
 
 def _user_ids(backend: LabelStudioBackend) -> list[int]:
@@ -170,7 +191,6 @@ def simulate_annotators(
     (:func:`edited_mask`, ``origin: prediction-changed``), others are redrawn; see the module
     docstring. ``report.edited`` / ``report.redrawn`` count the first annotators' choices.
     """
-    from camlabel.geometry import iou
 
     rng = np.random.default_rng(seed)
     user_ids = _user_ids(backend)
@@ -206,8 +226,15 @@ def simulate_annotators(
         pre = (preannotation_masks or {}).get(image_id)
         for k in range(n_annotators):
             predictions = list(getattr(task, "predictions", None) or [])
-            if k == 0 and pre is not None and t.any() and iou(pre, t) >= accept_iou and predictions:
-                pred = predictions[-1]
+            action = (
+                choose_action(pre, t, accept_iou=accept_iou, edit_iou=edit_iou)
+                if k == 0
+                else "redraw"
+            )
+            if action == "accept" and not predictions and pre is not None and pre.any():
+                action = "edit"  # the regions are not on the task: drawn again, as edited
+            if action == "accept":
+                pred = predictions[-1] if predictions else {}
                 pres = (
                     pred.get("result")
                     if isinstance(pred, Mapping)
@@ -216,7 +243,7 @@ def simulate_annotators(
                 result = [dict(r, origin="prediction") for r in (pres or [])]
                 result += _result([], label, klass, w, h)
                 report.accepted_unchanged += 1
-            elif k == 0 and pre is not None and t.any() and iou(pre, t) >= edit_iou:
+            elif action == "edit" and pre is not None:
                 polys = _noisy_polygons(
                     edited_mask(pre, t), rng, jitter_px=jitter_px * 0.5, max_vertices=max_vertices
                 )
