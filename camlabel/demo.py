@@ -259,7 +259,12 @@ def run_demo(
             f"--select {s.round2_images} --strategy {s.select_strategy}",
         )
         pre2 = run_preannotate(
-            ws, "segmenter", seg1.model_dir, all_images=s.cam_all_images, progress=progress
+            ws,
+            "segmenter",
+            seg1.model_dir,
+            all_images=s.cam_all_images,
+            lung_masks=train_dir / "lung_masks",  # the lung field, as for the CAM in round 1
+            progress=progress,
         )
         pushed2 = _push_round(ws, s, 2, progress)
         _done(

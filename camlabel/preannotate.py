@@ -609,6 +609,7 @@ def run_preannotate(
       and ``refine`` (:func:`refined_preannotation`) - no model needed; images predicted as a
       lesion class (or already pre-annotated) only;
     - ``"segmenter"``: the ``model`` segmenter's probability map at the original resolution,
+      restricted to the lung field when ``lung_masks`` / ``lung_model`` give one,
       thresholded at its own threshold (polygons with holes where the map has them); the
       pre-annotation records the model version and its uncertainty (mean binary entropy);
       images the classifier predicted as a lesion-free class are left out (counted in
@@ -660,7 +661,10 @@ def run_preannotate(
                 "--from segmenter needs the segmenter MODEL (a train-seg model folder)",
                 hint="camlabel preannotate -w WS --from segmenter WS/models/<run>",
             )
-        pres = _segmenter_preannotations(ws, model, todo, summary, batch_size, progress)
+        lungs = _open_lungs("lung", lung_masks, lung_model)
+        pres = _segmenter_preannotations(
+            ws, model, todo, summary, batch_size, progress, lungs=lungs, relpaths=relpaths
+        )
     else:
         settings = cam_settings(ws, refine=refine)
         lungs = _open_lungs(str(settings["refine"]), lung_masks, lung_model)
@@ -736,7 +740,13 @@ def _segmenter_preannotations(
     summary: PreannotateSummary,
     batch_size: int,
     progress: bool,
+    *,
+    lungs: LungFields,
+    relpaths: Mapping[str, str],
 ) -> dict[str, Preannotation]:
+    """The segmenter's pre-annotations; with a lung field (``lungs``: lung masks or a lung
+    segmenter) its map is restricted to the lungs first (``refine="lung"``), as lesions lie in
+    them; an image without a lung field keeps the whole map (``refine=None``)."""
     from camlabel.active import binary_entropy_mean
     from camlabel.imaging import read_image
     from camlabel.models.segmenter import load_segmenter, segment_probability
@@ -748,7 +758,12 @@ def _segmenter_preannotations(
     work = []
     for rec in todo:
         pre = rec.preannotation
-        if pre is not None and pre.source == "segmenter" and pre.model_version == seg.version:
+        if (
+            pre is not None
+            and pre.source == "segmenter"
+            and pre.model_version == seg.version
+            and (pre.refine == "lung") == lungs.available
+        ):
             summary.unchanged += 1
         else:
             work.append(rec)
@@ -764,7 +779,13 @@ def _segmenter_preannotations(
                 except ImageReadError as exc:
                     summary.failures.append((rec.source_path, exc.message))
             probs = segment_probability(seg, [img for _, img in loaded], batch_size=step)
-            for (rec, _), prob in zip(loaded, probs, strict=True):
+            for (rec, img), whole in zip(loaded, probs, strict=True):
+                prob, refine = whole, None
+                if lungs.available:
+                    relpath = relpaths.get(rec.source_path, Path(rec.source_path).name)
+                    lung, _, _ = lungs.get(relpath, img)
+                    if lung is not None and lung.shape == prob.shape and lung.any():
+                        prob, refine = np.where(lung, prob, 0.0), "lung"
                 pre = preannotation_from_map(
                     prob,
                     settings=settings,
@@ -774,7 +795,7 @@ def _segmenter_preannotations(
                     absolute=True,
                 )
                 out[rec.image_id] = dataclasses.replace(
-                    pre, uncertainty=round(binary_entropy_mean(prob), 6)
+                    pre, uncertainty=round(binary_entropy_mean(whole), 6), refine=refine
                 )
             bar.update(len(chunk))
     return out

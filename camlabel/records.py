@@ -143,7 +143,8 @@ class Preannotation(_Record):
     score: float | None = None
     created_at: str = field(default_factory=utcnow)
     #: how a CAM became the polygons (``camlabel.cam.refine``: none, lung, grabcut,
-    #: lung+grabcut); None for other sources and for records written before refinements
+    #: lung+grabcut, lung+opacity); for a segmenter ``lung`` when its map was restricted to the
+    #: lung field; None otherwise and for records written before refinements
     refine: str | None = None
     #: the source's own uncertainty (a segmenter: mean binary entropy of its probability map,
     #: bits), for the ``uncertainty`` selection strategy (camlabel.active)

@@ -123,3 +123,39 @@ def test_the_segmenter_leaves_out_images_predicted_lesion_free_unless_all(
     assert (s["preannotated"], s["unchanged"], s["skipped_not_lesion"]) == (1, 2, 0)
     normal_pre = {Path(x.source_path).name: x.preannotation for x in ws.ledger.all()}["cxr0.png"]
     assert normal_pre is not None and normal_pre.source == "segmenter"
+
+
+def test_the_segmenter_map_is_restricted_to_the_lung_field_when_one_is_given(
+    tmp_path: Path, segmenter: Path
+) -> None:
+    """The constant segmenter marks the whole image; with lung masks the pre-annotation is
+    the lung field (refine "lung"); a re-run with the same lungs changes nothing, one
+    without lungs gives the whole map back (refine None)."""
+    from camlabel.geometry import iou
+
+    ws = Workspace.init(tmp_path / "ws")
+    paths = _images(tmp_path / "in", 2)
+    lungs_dir = tmp_path / "lungs"
+    lungs_dir.mkdir()
+    lung = np.zeros((40, 48), np.uint8)
+    lung[6:30, 8:22] = 255
+    lung[6:30, 26:42] = 255
+    for p in paths:
+        cv2.imwrite(str(lungs_dir / p.name), lung)
+    args = ["preannotate", "-w", str(ws.root), "--from", "segmenter", str(segmenter)]
+    r = CliRunner().invoke(cli, [*args, str(tmp_path / "in"), "--lung-masks", str(lungs_dir)])
+    assert r.exit_code == 0, r.output
+    for rec in ws.ledger.all():
+        pre = rec.preannotation
+        assert pre is not None and pre.refine == "lung"
+        drawn = polygons_to_mask([PolygonPx.from_json(p) for p in pre.polygons], 40, 48)
+        assert iou(drawn, lung > 0) >= 0.9
+        assert not drawn[:, 22:26].any() and not drawn[:4].any()  # nothing between the lungs
+    r = CliRunner().invoke(cli, [*args, "--lung-masks", str(lungs_dir), "--json"])
+    assert json.loads(r.stdout)["unchanged"] == 2
+    r = CliRunner().invoke(cli, [*args, "--json"])
+    assert json.loads(r.stdout)["preannotated"] == 2
+    for rec in ws.ledger.all():
+        pre = rec.preannotation
+        assert pre is not None and pre.refine is None
+        assert polygons_to_mask([PolygonPx.from_json(p) for p in pre.polygons], 40, 48).all()
