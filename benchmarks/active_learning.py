@@ -32,7 +32,8 @@ on synthetic phantoms (camlabel.phantoms), whose true lesion masks are known:
    thresholded at the model's threshold).
 
 The table gives each strategy's images labelled, held-out Dice, the standard error of that
-mean over held-out images, and the ratio to random (the mean of the random draws). One
+mean over held-out images, the ratio to random (the mean of the random draws), and the mean
+paired difference from random per held-out image with its standard error. One
 training seed and a few dozen held-out images: differences of a few hundredths are within
 noise (the spread of the random draws shows how much the choice of images alone moves it).
 
@@ -40,6 +41,7 @@ Usage:
     .venv/bin/python benchmarks/active_learning.py [--pool 90] [--heldout 45]
         [--seed-images 12] [--select 12] [--round1-epochs 40] [--finetune-epochs 15]
         [--random-seeds 2] [--no-committee] [--json OUT] [--workdir DIR] [--quick]
+    .venv/bin/python benchmarks/active_learning.py --table OUT   (a saved run's table again)
 """
 
 from __future__ import annotations
@@ -233,6 +235,34 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), se
 
 
+def _summarize(results: dict[str, dict[str, Any]]) -> tuple[list[str], float]:
+    """Print the table; adds the mean, SE, ratio and paired difference to each result."""
+    import numpy as np
+
+    random_names = [k for k in results if k.startswith("random")]
+    random_mean = float(np.mean([np.mean(results[k]["dice"]) for k in random_names]))
+    # per held-out image, the random draws' mean: the paired difference below cancels how
+    # hard each held-out image is, which dominates the plain SE of a mean
+    random_per_image = np.mean([results[k]["dice"] for k in random_names], axis=0)
+    print(
+        f"\n{'strategy':26s} {'labelled':>8s} {'held-out Dice':>13s} {'± SE':>6s} "
+        f"{'vs random':>9s} {'Δ paired ± SE':>14s} {'picked lesion px':>16s}"
+    )
+    for name, r in results.items():
+        mean, se = _mean_se(r["dice"])
+        d_mean, d_se = _mean_se(np.asarray(r["dice"]) - random_per_image)
+        r["dice_mean"], r["dice_se"] = mean, se
+        r["ratio_vs_random"] = mean / random_mean if random_mean else None
+        r["paired_diff_vs_random"], r["paired_diff_se"] = d_mean, d_se
+        area = r["selected_lesion_area_px"]
+        print(
+            f"{name:26s} {r['images']:8d} {mean:13.3f} {se:6.3f} "
+            f"{r['ratio_vs_random']:9.2f} {f'{d_mean:+.3f} ± {d_se:.3f}':>14s} "
+            f"{('-' if area is None else f'{area:.0f}'):>16s}"
+        )
+    return random_names, random_mean
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--pool", type=int, default=90, help="pool phantoms (1/3 per class)")
@@ -256,8 +286,17 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="phantoms, seed set, training")
     p.add_argument("--workdir", type=Path, default=None, help="keep data and models here")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (~2 min)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (~4 min)")
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help="print the table of a saved --json run; no training",
+    )
     args = p.parse_args()
+    if args.table:
+        _summarize(json.loads(args.table.read_text())["results"])
+        return 0
     if args.quick:
         args.pool, args.heldout, args.seed_images, args.select = 24, 9, 4, 4
         args.round1_epochs, args.finetune_epochs, args.random_seeds = 2, 1, 1
@@ -356,21 +395,7 @@ def main() -> int:
                 f"{name}: held-out Dice {np.mean(dices):.3f} ({timings[f'{slug}_train_s']:.0f} s)"
             )
 
-    random_names = [k for k in results if k.startswith("random")]
-    random_mean = float(np.mean([np.mean(results[k]["dice"]) for k in random_names]))
-    print(
-        f"\n{'strategy':26s} {'labelled':>8s} {'held-out Dice':>13s} {'± SE':>6s} "
-        f"{'vs random':>9s} {'picked lesion px':>16s}"
-    )
-    for name, r in results.items():
-        mean, se = _mean_se(r["dice"])
-        r["dice_mean"], r["dice_se"] = mean, se
-        r["ratio_vs_random"] = mean / random_mean if random_mean else None
-        area = r["selected_lesion_area_px"]
-        print(
-            f"{name:26s} {r['images']:8d} {mean:13.3f} {se:6.3f} "
-            f"{r['ratio_vs_random']:9.2f} {('-' if area is None else f'{area:.0f}'):>16s}"
-        )
+    random_names, random_mean = _summarize(results)
     pool_area = float(np.mean([c.lesion_area_px for c in rest]))
     total = time.perf_counter() - t_start
     print(
