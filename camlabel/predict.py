@@ -1,8 +1,8 @@
 """The paper's inference pipeline (``camlabel predict``): classify -> segment -> overlay.
 
 :func:`predict`: classify each image; if the predicted class is a lesion class, segment it
-and superimpose the mask. Sits above :mod:`camlabel.classify` and
-:mod:`camlabel.models.segmenter`.
+and superimpose the mask, optionally restricted to the lung field (:mod:`camlabel.lungs`).
+Sits above :mod:`camlabel.classify` and :mod:`camlabel.models.segmenter`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,22 @@ def _unique_stem(path: Path, image_id: str, used: set[str]) -> str:
     return stem
 
 
+def _relpaths(inputs: Sequence[str | Path]) -> dict[Path, str]:
+    """Each image's path relative to the input folder it came from (a file named directly: its
+    file name), keyed by resolved path: lung masks are matched by it, as in preannotate."""
+    from camlabel.imaging import iter_image_paths, safe_resolve
+
+    rel: dict[Path, str] = {}
+    for item in inputs:
+        root = Path(item) if Path(item).is_dir() else Path(item).parent
+        for path in iter_image_paths([item]):
+            try:
+                rel.setdefault(safe_resolve(path), path.relative_to(root).as_posix())
+            except ValueError:
+                rel.setdefault(safe_resolve(path), path.name)
+    return rel
+
+
 def predict(
     classifier_path: str | Path,
     segmenter_path: str | Path,
@@ -66,6 +82,8 @@ def predict(
     threshold: float | None = None,
     lesion_classes: Sequence[str] | None = None,
     progress: bool = True,
+    lung_masks: str | Path | None = None,
+    lung_model: str | Path | None = None,
 ) -> PredictResult:
     """The paper's inference pipeline, for files and folders (PNG, JPEG, TIFF, DICOM).
 
@@ -75,9 +93,22 @@ def predict(
     * ``<stem>.overlay.png``: the image with a banner "class p=0.97" and, for lesion classes,
       the mask tinted and outlined;
     * ``<stem>.mask.png``: the binary mask (0/255), lesion classes only;
-    * ``<stem>.json``: class, probabilities, mask area, model versions.
+    * ``<stem>.json``: class, probabilities, mask area, model versions, lung field.
+
+    Lesions lie inside the lungs: with ``lung_masks`` (a folder of lung masks, lung = 255,
+    matched by the image's path relative to its input folder, else by file name) and/or
+    ``lung_model`` (a lung segmenter, for images no mask covers), each segmented image's lesion
+    probability map is set to 0 outside its lung field before thresholding, so the mask, the
+    overlay and ``mask_area_px`` are all restricted. An image without a lung field (no mask
+    found, no lung model, or an empty field) is segmented unrestricted. The JSON records
+    ``lung_field`` ("mask", "segmenter" or null: unrestricted, or not segmented) and
+    ``lung_field_source`` (the mask file, "segmenter:<path>", or null).
 
     Unreadable inputs are reported in ``failures`` and do not stop the batch.
+
+    Raises:
+        UsageError: ``lung_masks`` is not a folder.
+        ImageReadError: a lung mask cannot be read (the message names the file).
     """
     from camlabel.fileio import atomic_write_text
     from camlabel.imaging import (
@@ -85,17 +116,21 @@ def predict(
         overlay_mask,
         put_label,
         read_image,
+        safe_resolve,
         write_png_atomic,
     )
+    from camlabel.lungs import LungFields
     from camlabel.progress import progress_bar
 
     classifier = load_classifier(Path(classifier_path))
     segmenter = load_segmenter(segmenter_path)
+    lungs = LungFields.open(lung_masks, lung_model)
     thr = segmenter.threshold if threshold is None else float(threshold)
     lesion = _lesion_classes(classifier, lesion_classes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = iter_image_paths(list(inputs))
+    relpaths = _relpaths(inputs) if lungs.available else {}
     items: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
     used: set[str] = set()
@@ -137,9 +172,18 @@ def predict(
                     "segmenter": str(segmenter_path),
                     "segmenter_version": segmenter.version,
                     "overlay_path": str(out / f"{stem}.overlay.png"),
+                    "lung_field": None,
+                    "lung_field_source": None,
                 }
                 if i in prob_of:
-                    mask = prob_of[i] >= thr
+                    prob = prob_of[i]
+                    if lungs.available:
+                        rel = relpaths.get(safe_resolve(path), path.name)
+                        lung, kind, source = lungs.get(rel, img)
+                        if lung is not None and lung.any():
+                            prob = np.where(lung, prob, 0.0)
+                            record.update(lung_field=kind, lung_field_source=source)
+                    mask = prob >= thr
                     mask_path = out / f"{stem}.mask.png"
                     write_png_atomic(mask_path, mask.astype(np.uint8) * 255)
                     area = int(mask.sum())

@@ -335,6 +335,7 @@ def train_seg(
     default=None,
     help="Mask probability threshold [the segmenter's, 0.5].",
 )
+@lung_field_options
 @json_option
 def predict(
     classifier: Path,
@@ -343,13 +344,17 @@ def predict(
     out: Path,
     batch_size: int,
     threshold: float | None,
+    lung_masks: Path | None,
+    lung_model: Path | None,
     as_json: bool,
 ) -> None:
     """Classify images; segment and overlay the lesions of COVID-19 / pneumonia ones.
 
     IMAGES are files or folders (PNG, JPEG, TIFF, DICOM). Per image, OUT gets
     <stem>.overlay.png (class and probability banner, mask outlined), <stem>.mask.png
-    (lesion classes only) and <stem>.json.
+    (lesion classes only) and <stem>.json. With --lung-masks / --lung-model the lesion mask
+    is kept inside each image's lung field (images without one: unrestricted); the JSON says
+    which (lung_field).
 
     \b
     Example:
@@ -365,6 +370,8 @@ def predict(
         batch_size=batch_size,
         threshold=threshold,
         progress=show_progress(),
+        lung_masks=lung_masks,
+        lung_model=lung_model,
     )
     if as_json:
         echo_json({"items": res.items, "failures": [list(f) for f in res.failures]})

@@ -198,3 +198,81 @@ def test_cli_predict(models: dict[str, Path], images: dict[str, Path], tmp_path:
     assert r.exit_code == 0, r.output
     items = json.loads(r.output)["items"]
     assert items[0]["segmented"] is True and (out / "chest.mask.png").is_file()
+
+
+def _half_lung_masks(tmp_path: Path) -> Path:
+    """Lung masks for chest.png (70x50) covering its left half only; none for other.png."""
+    lungs = tmp_path / "lungs"
+    lungs.mkdir()
+    lung = np.zeros((70, 50), np.uint8)
+    lung[:, :25] = 255
+    cv2.imwrite(str(lungs / "chest.png"), lung)
+    return lungs
+
+
+def test_lung_masks_keep_the_lesion_mask_inside_the_lung_field(
+    models: dict[str, Path], images: dict[str, Path], tmp_path: Path
+) -> None:
+    """The constant segmenter marks every pixel; with a half-image lung mask, mask.png is that
+    half (the same pixels as without lung masks there, none outside). other.png has no lung
+    mask: unrestricted, lung_field null."""
+    lungs = _half_lung_masks(tmp_path)
+    plain, restricted = tmp_path / "plain", tmp_path / "restricted"
+    predict(models["covid"], models["segmenter"], [images["dir"]], plain, progress=False)
+    res = predict(
+        models["covid"],
+        models["segmenter"],
+        [images["dir"]],
+        restricted,
+        progress=False,
+        lung_masks=lungs,
+    )
+    before = cv2.imread(str(plain / "chest.mask.png"), cv2.IMREAD_UNCHANGED)
+    after = cv2.imread(str(restricted / "chest.mask.png"), cv2.IMREAD_UNCHANGED)
+    assert not after[:, 25:].any()
+    assert (after[:, :25] == before[:, :25]).all() and after[:, :25].all()
+    chest = _json(restricted, "chest")
+    assert chest["lung_field"] == "mask"
+    assert chest["lung_field_source"] == str(lungs / "chest.png")
+    assert chest["mask_area_px"] == 70 * 25 and chest["mask_fraction"] == 0.5
+    overlay = cv2.imread(str(restricted / "chest.overlay.png")).astype(int)
+    assert (overlay[30:60, 30:48, 0] == overlay[30:60, 30:48, 2]).all()  # untinted outside
+    other = _json(restricted, "other")
+    assert other["lung_field"] is None and other["lung_field_source"] is None
+    assert cv2.imread(str(restricted / "other.mask.png"), cv2.IMREAD_UNCHANGED).all()
+    assert {i["input"] for i in res.items} == {str(images["png"]), str(images["png2"])}
+    assert _json(plain, "chest")["lung_field"] is None
+
+
+def test_an_unreadable_lung_mask_is_an_error_naming_it(
+    models: dict[str, Path], images: dict[str, Path], tmp_path: Path
+) -> None:
+    from camlabel.errors import ImageReadError
+
+    lungs = tmp_path / "lungs"
+    lungs.mkdir()
+    (lungs / "chest.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match=r"chest\.png"):
+        predict(
+            models["covid"],
+            models["segmenter"],
+            [images["png"]],
+            tmp_path / "out",
+            progress=False,
+            lung_masks=lungs,
+        )
+
+
+def test_cli_predict_passes_lung_masks(
+    models: dict[str, Path], images: dict[str, Path], tmp_path: Path
+) -> None:
+    lungs = _half_lung_masks(tmp_path)
+    out = tmp_path / "cli-out"
+    args = ["predict", "-c", str(models["covid"]), "-s", str(models["segmenter"])]
+    r = CliRunner().invoke(
+        cli, [*args, str(images["png"]), "-o", str(out), "--lung-masks", str(lungs), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    (item,) = json.loads(r.output)["items"]
+    assert item["lung_field"] == "mask" and item["mask_area_px"] == 70 * 25
+    assert not cv2.imread(str(out / "chest.mask.png"), cv2.IMREAD_UNCHANGED)[:, 25:].any()
