@@ -7,8 +7,12 @@ keeps the ``n`` best in score order. The score goes into the Label Studio predic
 - ``random``: a seeded draw (the baseline every other strategy must beat);
 - ``uncertainty``: the ensemble's predictive entropy, from the stored ``Prediction``
   probabilities, divided by ``log K`` (1.0 = all classes equally likely); for an image whose
-  pre-annotation came from a segmenter, the segmenter's own uncertainty (the mean binary
-  entropy of its probability map, stored as the pre-annotation's ``uncertainty``) when present;
+  pre-annotation came from a segmenter, the segmenter's own uncertainty when present
+  (:func:`segmenter_uncertainty`, stored as the pre-annotation's ``uncertainty``): the mean
+  binary entropy of its probability map plus the chance that it misses a lesion the classifier
+  sees. Pixel entropy alone never picks a *confident* miss: on the demo, the U-Net of round 1
+  left every whole-upper-lobe consolidation empty at near-zero entropy, so none was ever
+  published and the held-out one stayed at Dice 0 (docs/loop.md);
 - ``committee``: disagreement between the ensemble's members (the mean KL divergence of each
   member's class distribution from their mean; 0 = they agree). The ledger keeps the
   ensemble's probabilities only, so this needs ``members`` probabilities in the prediction and
@@ -47,6 +51,23 @@ def binary_entropy_mean(probability_map: np.ndarray) -> float:
     """Mean binary entropy (bits) of a per-pixel probability map: a segmenter's uncertainty."""
     p = np.clip(np.asarray(probability_map, np.float64), 1e-7, 1 - 1e-7)
     return float(np.mean(-(p * np.log2(p) + (1 - p) * np.log2(1 - p))))
+
+
+def segmenter_uncertainty(
+    probability_map: np.ndarray, peak: float, lesion_probability: float | None
+) -> float:
+    """A segmenter's uncertainty on one image: the mean binary entropy (bits) of its map, plus
+    ``lesion_probability * (1 - peak)``: the classifier's probability of a lesion class times the
+    chance that the segmenter found none (``peak`` = its highest pixel probability where a
+    lesion may lie, the lung field when there is one). An image the classifier calls pneumonia
+    at 0.98 on which the segmenter's map peaks at 0.1 scores ~0.88 and comes first; where the
+    two agree the term is ~0 and the entropy ranks. ``lesion_probability`` None (no
+    classifier prediction) leaves the entropy alone.
+    """
+    u = binary_entropy_mean(probability_map)
+    if lesion_probability is not None:
+        u += float(np.clip(lesion_probability, 0.0, 1.0)) * (1.0 - float(np.clip(peak, 0.0, 1.0)))
+    return u
 
 
 def committee_disagreement(members: Sequence[Mapping[str, float]]) -> float:

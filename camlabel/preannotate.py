@@ -611,7 +611,8 @@ def run_preannotate(
     - ``"segmenter"``: the ``model`` segmenter's probability map at the original resolution,
       restricted to the lung field when ``lung_masks`` / ``lung_model`` give one,
       thresholded at its own threshold (polygons with holes where the map has them); the
-      pre-annotation records the model version and its uncertainty (mean binary entropy);
+      pre-annotation records the model version and its uncertainty (mean binary entropy plus
+      the chance of a missed lesion the classifier sees: :func:`camlabel.active.segmenter_uncertainty`);
       images the classifier predicted as a lesion-free class are left out (counted in
       ``skipped_not_lesion``) unless ``all_images``; images without a prediction are kept.
 
@@ -747,13 +748,14 @@ def _segmenter_preannotations(
     """The segmenter's pre-annotations; with a lung field (``lungs``: lung masks or a lung
     segmenter) its map is restricted to the lungs first (``refine="lung"``), as lesions lie in
     them; an image without a lung field keeps the whole map (``refine=None``)."""
-    from camlabel.active import binary_entropy_mean
+    from camlabel.active import segmenter_uncertainty
     from camlabel.imaging import read_image
     from camlabel.models.segmenter import load_segmenter, segment_probability
     from camlabel.progress import progress_bar
 
     seg = load_segmenter(model)
     summary.model_version = seg.version
+    lesion = tuple(ws.lesion_classes)
     settings = dict(cam_settings(ws)) | {"threshold": float(seg.threshold)}
     work = []
     for rec in todo:
@@ -794,8 +796,12 @@ def _segmenter_preannotations(
                     score=float(prob.max()) if prob.size else None,
                     absolute=True,
                 )
-                out[rec.image_id] = dataclasses.replace(
-                    pre, uncertainty=round(binary_entropy_mean(whole), 6), refine=refine
+                p_lesion = (
+                    sum(rec.prediction.probabilities.get(c, 0.0) for c in lesion)
+                    if rec.prediction is not None
+                    else None
                 )
+                u = segmenter_uncertainty(whole, pre.score or 0.0, p_lesion)
+                out[rec.image_id] = dataclasses.replace(pre, uncertainty=round(u, 6), refine=refine)
             bar.update(len(chunk))
     return out

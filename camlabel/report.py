@@ -129,12 +129,23 @@ def _headline(ws: Workspace, recs: list[ImageRecord]) -> str:
         )
     refined = summary.get("pointing_game_refined") or {}
     if refined.get("rate") is not None:
-        cards.append(_card("pointing game, CAM inside its refined region", _pct(refined["rate"])))
+        cards.append(
+            _card("pointing game, CAM pooled over its refined regions", _pct(refined["rate"]))
+        )
     if "heldout_lesion_dice" in summary:
         d = summary["heldout_lesion_dice"]
         goal = summary.get("dice_goal", 0.92)
         cls = "good" if d is not None and d >= goal else "bad"
-        cards.append(_card(f"U-Net lesion Dice, held-out phantoms (goal ≥ {goal})", _fmt(d), cls))
+        cards.append(
+            _card(
+                f"U-Net lesion Dice in the lung field, held-out phantoms (goal ≥ {goal})",
+                _fmt(d),
+                cls,
+            )
+        )
+        whole = summary.get("heldout_lesion_dice_without_lung_field")
+        if whole is not None:
+            cards.append(_card("U-Net lesion Dice, whole image (held-out)", _fmt(whole)))
     if "classifier_accuracy" in summary:
         cards.append(_card("classifier accuracy (held-out)", _fmt(summary["classifier_accuracy"])))
     rows = [(k, v) for k, v in st["states"].items()]

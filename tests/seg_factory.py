@@ -69,9 +69,10 @@ def make_masked_workspace(root: Path, n: int = 8, size: int = 64) -> Any:
     return ws
 
 
-def make_constant_segmenter(model_dir: Path, *, image_size: int = 32) -> Path:
-    """A tiny Tiramisu that says "structure" everywhere (p = 0.9975), saved as a model folder
-    (model.keras + model_info.json): predictions with a known answer."""
+def make_constant_segmenter(model_dir: Path, *, image_size: int = 32, logit: float = 6.0) -> Path:
+    """A tiny Tiramisu that says the same everywhere (``logit`` 6: "structure", p = 0.9975;
+    -6: "nothing", p = 0.0025), saved as a model folder (model.keras + model_info.json):
+    predictions with a known answer."""
     import json
 
     from camlabel.models.tiramisu import Tiramisu
@@ -79,7 +80,7 @@ def make_constant_segmenter(model_dir: Path, *, image_size: int = 32) -> Path:
     seg = Tiramisu(growth_rate=4, initial_filters=8, down_blocks=(2, 2), bottleneck_layers=2)
     conv = seg.get_layer("head_conv")
     k, _ = conv.get_weights()
-    conv.set_weights([np.zeros_like(k), np.full((1,), 6.0, np.float32)])
+    conv.set_weights([np.zeros_like(k), np.full((1,), logit, np.float32)])
     model_dir.mkdir(parents=True)
     seg.save(model_dir / "model.keras")
     (model_dir / "model_info.json").write_text(

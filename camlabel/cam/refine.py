@@ -192,6 +192,43 @@ def refine_lung_opacity(
     return np.isin(labels, keep)
 
 
+def region_saliency(heat: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The CAM as a refined pre-annotation points with it: float32 HxW, 0 outside ``region``.
+
+    Each connected region of ``region`` carries its share of the CAM's energy (the map,
+    divided by its maximum, summed over the region, over that sum for all regions), scaled by
+    the distance to the region's border (1.0 at its most interior pixel). Its peak is the
+    interior of the region holding most CAM energy, the anchor of ``lung+opacity``. The
+    pointing game on this map asks whether the region the CAM picked is the lesion; the raw
+    map's peak inside the region asks where along it a stride-16 map happens to peak, which
+    on a region wider than the lesion is often its rim (docs/loop.md, "pointing game").
+    """
+    import cv2
+
+    m = np.asarray(region, bool)
+    out = np.zeros(m.shape, np.float32)
+    if not m.any():
+        return out
+    h = np.asarray(heat, np.float32)
+    if h.shape != m.shape:
+        raise UsageError(f"the region must have the heatmap's shape {h.shape}. Received: {m.shape}")
+    norm = _normalized(h, None)
+    n, found = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+    labels = np.asarray(found, np.intp)
+    energy = np.bincount(labels.ravel(), weights=norm.ravel(), minlength=n)[1:]
+    total = float(energy.sum())
+    if total <= 0:
+        return out
+    depth = cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 5)
+    deepest = np.zeros(n, np.float32)
+    np.maximum.at(deepest, labels.ravel(), depth.ravel())
+    inside = labels > 0
+    share = (energy / total).astype(np.float32)
+    k = labels[inside]
+    out[inside] = share[k - 1] * depth[inside] / np.maximum(deepest[k], 1e-6)
+    return out
+
+
 REFINEMENTS: dict[str, Refinement] = {
     "none": refine_none,
     "lung": refine_lung,

@@ -77,6 +77,11 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
     assert summary["segmenter_negatives"] == 0
     held = json.loads((ws_dir / "reports" / "heldout.json").read_text())
     assert len(held) == 9 and all(Path(h["overlay_path"]).is_file() for h in held)
+    for h in held:  # the lung field only removes mask pixels: Dice within it is never lower
+        if h["dice"] is not None:  # (no FP outside the lungs can count against it)
+            assert 0.0 <= h["dice_without_lung_field"] <= 1.0
+    rim = summary["pointing_game_refined_rim"]
+    assert rim["lesion_images"] == raw["lesion_images"]
     html = (ws_dir / "reports" / "index.html").read_text()
     assert "Masks and U-Net predictions" in html and "Grad-CAM pointing game" in html
     # the embedded server was stopped

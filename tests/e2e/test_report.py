@@ -128,6 +128,7 @@ def loop_workspace(tmp_path: Path) -> Workspace:
                 "pointing_game_hit_rate": 0.75,
                 "pointing_game_refined": {"hits": 9, "lesion_images": 10, "rate": 0.9},
                 "heldout_lesion_dice": 0.93,
+                "heldout_lesion_dice_without_lung_field": 0.91,
                 "dice_goal": 0.92,
             }
         )
@@ -183,8 +184,9 @@ def test_report_renders_offline_with_the_loops_figures(
     )
     assert cards["images"] == "6"
     assert cards["Grad-CAM pointing game (hit rate)"] == "75%"
-    assert cards["pointing game, CAM inside its refined region"] == "90%"
-    assert cards["U-Net lesion Dice, held-out phantoms (goal ≥ 0.92)"] == "0.930"
+    assert cards["pointing game, CAM pooled over its refined regions"] == "90%"
+    assert cards["U-Net lesion Dice in the lung field, held-out phantoms (goal ≥ 0.92)"] == "0.930"
+    assert cards["U-Net lesion Dice, whole image (held-out)"] == "0.910"
     assert cards["pre-annotation vs final IoU"] == "0.750"
     assert cards["accuracy"] == "0.833"
     # every picture is an embedded PNG that the browser actually decoded

@@ -16,6 +16,7 @@ from camlabel.active import (
     binary_entropy_mean,
     committee_disagreement,
     normalized_entropy,
+    segmenter_uncertainty,
     select_images,
 )
 from camlabel.backends.fake import FakeServer
@@ -89,6 +90,24 @@ def test_a_segmenter_preannotation_is_ranked_by_the_segmenter_uncertainty() -> N
         r.image_id for r in recs[1:2] + recs[0:1] + recs[2:]
     ]
     assert got[0].score == 0.9
+
+
+def test_segmenter_uncertainty_adds_the_chance_of_a_missed_lesion() -> None:
+    """Mean pixel entropy + P(lesion) x (1 - peak): a map at p = 0.01 everywhere is nearly
+    certain (entropy 0.08 bits), yet on an image called a lesion at 0.98 it is a likely miss."""
+    empty = np.full((4, 4), 0.01)
+    h = binary_entropy_mean(empty)
+    assert h == pytest.approx(-(0.01 * math.log2(0.01) + 0.99 * math.log2(0.99)))
+    assert segmenter_uncertainty(empty, 0.01, None) == pytest.approx(h)
+    assert segmenter_uncertainty(empty, 0.01, 0.0) == pytest.approx(h)
+    assert segmenter_uncertainty(empty, 0.01, 0.98) == pytest.approx(h + 0.98 * 0.99)
+    found = np.zeros((4, 4))
+    found[1:3, 1:3] = 0.99
+    u = segmenter_uncertainty(found, 0.99, 0.98)
+    assert u == pytest.approx(binary_entropy_mean(found) + 0.98 * 0.01)
+    assert u < segmenter_uncertainty(empty, 0.01, 0.98)
+    # probabilities outside [0, 1] (a corrupt record) are clipped, not amplified
+    assert segmenter_uncertainty(empty, -1.0, 2.0) == pytest.approx(h + 1.0)
 
 
 def test_random_is_seeded_and_independent_of_the_input_order() -> None:

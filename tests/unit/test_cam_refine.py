@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camlabel.cam.refine import REFINEMENTS, refine_cam
+from camlabel.cam.refine import REFINEMENTS, refine_cam, region_saliency
 from camlabel.config import CAM_REFINEMENTS, CamSettings
 from camlabel.errors import UsageError
 from camlabel.geometry import iou
@@ -110,3 +110,37 @@ def test_lung_opacity_takes_the_opacity_the_cam_points_at_and_its_twin() -> None
     # without a lung field: the plain threshold
     none = refine_cam(cam, img, method="none")
     assert np.array_equal(refine_cam(cam, img, method="lung+opacity"), none)
+
+
+def test_region_saliency_peaks_inside_the_region_the_cam_favours_not_on_its_rim() -> None:
+    """A wide region A (x 10..39) whose CAM peaks on its left rim, and a smaller region B with
+    less CAM energy: the raw map's peak within the regions is A's rim pixel; the region
+    saliency peaks at A's most interior pixel, is 0 outside both, and ranks A over B."""
+    heat = np.zeros((40, 80), np.float32)
+    heat[:, :12] = 1.0  # the coarse map's hot spot overlaps A's left edge only
+    heat[:, 12:40] = 0.3
+    heat[:, 50:70] = 0.1
+    region = np.zeros((40, 80), bool)
+    region[5:35, 10:40] = True  # A
+    region[10:30, 52:68] = True  # B
+    r, c = np.unravel_index(int(np.argmax(np.where(region, heat, -1))), heat.shape)
+    assert c in (10, 11)  # the raw peak: A's rim
+    sal = region_saliency(heat, region)
+    assert sal.dtype == np.float32 and sal.shape == heat.shape
+    assert not sal[~region].any()
+    r, c = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    assert 17 <= r <= 22 and 22 <= c <= 27  # A's centre (19.5, 24.5), not its rim
+    energy_a = (heat[5:35, 10:40]).sum()
+    energy_b = (heat[10:30, 52:68]).sum()
+    assert sal.max() == pytest.approx(energy_a / (energy_a + energy_b), rel=1e-5)
+    assert sal[20, 60] == pytest.approx(energy_b / (energy_a + energy_b), rel=0.05)  # B's centre
+
+
+def test_region_saliency_of_an_empty_region_or_a_cold_map_is_zero() -> None:
+    heat = np.ones((10, 10), np.float32)
+    assert not region_saliency(heat, np.zeros((10, 10), bool)).any()
+    region = np.zeros((10, 10), bool)
+    region[2:8, 2:8] = True
+    assert not region_saliency(np.zeros((10, 10)), region).any()
+    with pytest.raises(UsageError, match=r"heatmap's shape \(10, 10\)"):
+        region_saliency(heat, np.ones((5, 5), bool))

@@ -159,3 +159,40 @@ def test_the_segmenter_map_is_restricted_to_the_lung_field_when_one_is_given(
         pre = rec.preannotation
         assert pre is not None and pre.refine is None
         assert polygons_to_mask([PolygonPx.from_json(p) for p in pre.polygons], 40, 48).all()
+
+
+def test_a_lesion_the_classifier_sees_and_the_segmenter_misses_ranks_first(
+    tmp_path: Path, segmenter: Path
+) -> None:
+    """Pixel entropy alone ranks a confident miss (an empty map at p ~ 0) last; with the
+    classifier's lesion probability it comes first in push-jobs --strategy uncertainty."""
+    from camlabel.active import select_images
+    from camlabel.records import Prediction
+    from tests.seg_factory import make_constant_segmenter
+
+    blind = make_constant_segmenter(tmp_path / "seg-blind", logit=-6.0)  # p = 0.0025 everywhere
+    ws = Workspace.init(tmp_path / "ws")
+    records, _ = ws.register_images(_images(tmp_path / "in", 3))
+    names = {Path(r.source_path).name: r.image_id for r in records}
+    lesion, normal = ws.lesion_classes[0], ws.classes[-1]
+    probs = {"cxr0.png": 0.95, "cxr1.png": 0.2}  # P(lesion class); cxr2: no prediction
+    with ws.ledger.transaction() as txn:
+        for name, p in probs.items():
+            rec = txn.get(names[name])
+            assert rec is not None
+            pred = Prediction(lesion, p, {lesion: p, normal: 1 - p}, "cls-1")
+            txn.put(rec.evolve(prediction=pred))
+    r = CliRunner().invoke(
+        cli, ["preannotate", "-w", str(ws.root), "--from", "segmenter", str(blind), "--all"]
+    )
+    assert r.exit_code == 0, r.output
+    pre = {Path(x.source_path).name: x.preannotation for x in ws.ledger.all()}
+    entropy = binary_entropy_mean(np.full((2, 2), 0.0025))
+    for name in ("cxr0.png", "cxr1.png", "cxr2.png"):
+        got = pre[name]
+        assert got is not None and got.polygons == ()  # nothing found
+        assert got.score == pytest.approx(0.0025, abs=2e-4)
+        miss = probs.get(name, 0.0) * (1 - 0.0025)
+        assert got.uncertainty == pytest.approx(entropy + miss, abs=1e-3)
+    order = [Path(s.record.source_path).name for s in select_images(ws.ledger.all(), 3)]
+    assert order == ["cxr0.png", "cxr1.png", "cxr2.png"]
