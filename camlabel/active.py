@@ -90,7 +90,7 @@ def _random(rec: ImageRecord, rng: np.random.Generator) -> float | None:
 
 def _uncertainty(rec: ImageRecord, rng: np.random.Generator) -> float | None:
     pre = rec.preannotation
-    if pre is not None and pre.source == "segmenter" and pre.uncertainty is not None:
+    if pre is not None and pre.uncertainty is not None:  # a segmenter's (or its CAM fallback's)
         return float(pre.uncertainty)
     if rec.prediction is None:
         return None

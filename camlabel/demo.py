@@ -273,7 +273,8 @@ def run_demo(
         _done(
             log,
             t,
-            f"{pre2.preannotated} pre-annotated by {pre2.model_version}; "
+            f"{pre2.preannotated} pre-annotated by {pre2.model_version} ({pre2.cam_fallback} kept "
+            "their CAM regions: the U-Net found nothing); "
             f"{len(pushed2.pushed)} new task(s), {len(pushed2.already_present)} already present",
         )
         _annotate(ws, 2, 10, truth, s, str(st.url), creds.email, interactive, log, poll_s)

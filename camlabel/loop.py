@@ -202,7 +202,11 @@ def _next_round(ws: Workspace, backend: str, candidates: list[ImageRecord]) -> i
 
 def _source_of(rec: ImageRecord) -> str | None:
     pre = rec.preannotation
-    return None if pre is None else f"{pre.source}@{pre.model_version}"
+    if pre is None:
+        return None
+    # a CAM kept where a segmenter found nothing belongs to that segmenter's round
+    fallback = f" fallback for {pre.fallback_for}" if pre.fallback_for else ""
+    return f"{pre.source}@{pre.model_version}{fallback}"
 
 
 def _push_item(ws: Workspace, rec: ImageRecord, backend: str) -> PushItem:
@@ -659,7 +663,8 @@ def _source_name(rec: ImageRecord) -> str | None:
         return None
     if pre.source == "segmenter":
         return f"segmenter {pre.model_version}"
-    return f"{pre.source}+{pre.refine}" if pre.refine else pre.source
+    name = f"{pre.source}+{pre.refine}" if pre.refine else pre.source
+    return f"{name} (segmenter {pre.fallback_for} found nothing)" if pre.fallback_for else name
 
 
 def _distribution(values: list[float]) -> dict[str, Any] | None:

@@ -570,6 +570,9 @@ class PreannotateSummary:
     preannotated: int = 0
     unchanged: int = 0
     empty: int = 0
+    #: images the segmenter found nothing on although the classifier calls them a lesion
+    #: class: their CAM pre-annotation was kept (``cam_fallback``)
+    cam_fallback: int = 0
     skipped_annotated: int = 0
     #: images the classifier predicted as a class without lesions (not pre-annotated unless
     #: ``all_images``: the paper segments only images classified COVID-19 or pneumonia)
@@ -584,6 +587,7 @@ class PreannotateSummary:
             "preannotated": self.preannotated,
             "unchanged": self.unchanged,
             "empty": self.empty,
+            "cam_fallback": self.cam_fallback,
             "skipped_annotated": self.skipped_annotated,
             "skipped_not_lesion": self.skipped_not_lesion,
             "failures": [list(f) for f in self.failures],
@@ -601,6 +605,7 @@ def run_preannotate(
     lung_model: str | Path | None = None,
     batch_size: int = 8,
     all_images: bool = False,
+    cam_fallback: bool = True,
     progress: bool = False,
 ) -> PreannotateSummary:
     """Pre-annotations for the images not yet published or annotated, from ``source``:
@@ -615,6 +620,11 @@ def run_preannotate(
       the chance of a missed lesion the classifier sees: :func:`camlabel.active.segmenter_uncertainty`);
       images the classifier predicted as a lesion-free class are left out (counted in
       ``skipped_not_lesion``) unless ``all_images``; images without a prediction are kept.
+      Where the segmenter finds nothing on an image the classifier calls a lesion class and
+      the image has a CAM pre-annotation with regions, that one is kept (``cam_fallback``,
+      recorded as ``fallback_for=<segmenter version>`` with the segmenter's uncertainty): the
+      annotator gets the best draft there is instead of an empty one, and the image still
+      ranks as the segmenter's confident miss.
 
     ``images`` (files, folders, ``metadata.csv``) are registered first and limit the work to
     them; without, every record in the ledger is a candidate. Idempotent: an image whose
@@ -664,7 +674,15 @@ def run_preannotate(
             )
         lungs = _open_lungs("lung", lung_masks, lung_model)
         pres = _segmenter_preannotations(
-            ws, model, todo, summary, batch_size, progress, lungs=lungs, relpaths=relpaths
+            ws,
+            model,
+            todo,
+            summary,
+            batch_size,
+            progress,
+            lungs=lungs,
+            relpaths=relpaths,
+            cam_fallback=cam_fallback,
         )
     else:
         settings = cam_settings(ws, refine=refine)
@@ -712,6 +730,7 @@ def run_preannotate(
             "lung_model": str(lung_model) if lung_model else None,
             "images": len(images),
             "all_images": all_images,
+            "cam_fallback": cam_fallback,
         },
         model_version=summary.model_version,
         result={k: v for k, v in summary.to_json().items() if k != "failures"}
@@ -744,6 +763,7 @@ def _segmenter_preannotations(
     *,
     lungs: LungFields,
     relpaths: Mapping[str, str],
+    cam_fallback: bool = True,
 ) -> dict[str, Preannotation]:
     """The segmenter's pre-annotations; with a lung field (``lungs``: lung masks or a lung
     segmenter) its map is restricted to the lungs first (``refine="lung"``), as lesions lie in
@@ -765,7 +785,7 @@ def _segmenter_preannotations(
             and pre.source == "segmenter"
             and pre.model_version == seg.version
             and (pre.refine == "lung") == lungs.available
-        ):
+        ) or (cam_fallback and pre is not None and pre.fallback_for == seg.version):
             summary.unchanged += 1
         else:
             work.append(rec)
@@ -801,7 +821,22 @@ def _segmenter_preannotations(
                     if rec.prediction is not None
                     else None
                 )
-                u = segmenter_uncertainty(whole, pre.score or 0.0, p_lesion)
-                out[rec.image_id] = dataclasses.replace(pre, uncertainty=round(u, 6), refine=refine)
+                u = round(segmenter_uncertainty(whole, pre.score or 0.0, p_lesion), 6)
+                cam = rec.preannotation
+                if (
+                    cam_fallback
+                    and not pre.polygons
+                    and rec.prediction is not None
+                    and rec.prediction.predicted_class in lesion
+                    and cam is not None
+                    and cam.source != "segmenter"
+                    and cam.polygons
+                ):
+                    out[rec.image_id] = dataclasses.replace(
+                        cam, uncertainty=u, fallback_for=seg.version
+                    )
+                    summary.cam_fallback += 1
+                    continue
+                out[rec.image_id] = dataclasses.replace(pre, uncertainty=u, refine=refine)
             bar.update(len(chunk))
     return out

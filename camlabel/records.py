@@ -146,9 +146,13 @@ class Preannotation(_Record):
     #: lung+grabcut, lung+opacity); for a segmenter ``lung`` when its map was restricted to the
     #: lung field; None otherwise and for records written before refinements
     refine: str | None = None
-    #: the source's own uncertainty (a segmenter: mean binary entropy of its probability map,
-    #: bits), for the ``uncertainty`` selection strategy (camlabel.active)
+    #: the source's own uncertainty (a segmenter: :func:`camlabel.active.segmenter_uncertainty`),
+    #: for the ``uncertainty`` selection strategy (camlabel.active)
     uncertainty: float | None = None
+    #: a CAM pre-annotation kept because this segmenter version found nothing on an image the
+    #: classifier calls a lesion class (``preannotate --from segmenter``'s CAM fallback); its
+    #: ``uncertainty`` is then the segmenter's
+    fallback_for: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "polygons", _validate_polygons(self.polygons, "preannotation"))

@@ -407,6 +407,13 @@ def predict(
     is_flag=True,
     help="--from segmenter: also images the classifier predicted as a lesion-free class.",
 )
+@click.option(
+    "--cam-fallback/--no-cam-fallback",
+    default=True,
+    show_default=True,
+    help="--from segmenter: where it finds nothing on an image classified as a lesion class, "
+    "keep the image's CAM pre-annotation (its regions) instead of an empty one.",
+)
 @json_option
 def preannotate(
     workspace: Path,
@@ -418,6 +425,7 @@ def preannotate(
     lung_model: Path | None,
     batch_size: int,
     all_images: bool,
+    cam_fallback: bool,
     as_json: bool,
 ) -> None:
     """Pre-annotations for images not yet published or annotated, from the CAM or a segmenter.
@@ -445,6 +453,7 @@ def preannotate(
         lung_model=lung_model,
         batch_size=batch_size,
         all_images=all_images,
+        cam_fallback=cam_fallback,
         progress=show_progress(),
     )
     if as_json:
@@ -456,6 +465,11 @@ def preannotate(
             + (
                 f", {s.skipped_not_lesion} predicted lesion-free (--all to include them)"
                 if s.skipped_not_lesion
+                else ""
+            )
+            + (
+                f", {s.cam_fallback} kept their CAM pre-annotation (the segmenter found nothing)"
+                if s.cam_fallback
                 else ""
             )
         )

@@ -196,3 +196,51 @@ def test_a_lesion_the_classifier_sees_and_the_segmenter_misses_ranks_first(
         assert got.uncertainty == pytest.approx(entropy + miss, abs=1e-3)
     order = [Path(s.record.source_path).name for s in select_images(ws.ledger.all(), 3)]
     assert order == ["cxr0.png", "cxr1.png", "cxr2.png"]
+
+
+def test_where_the_segmenter_finds_nothing_the_cam_pre_annotation_is_kept(
+    tmp_path: Path,
+) -> None:
+    """An image classified as a lesion class with CAM regions keeps them (fallback_for, the
+    segmenter's uncertainty); one without CAM regions gets the empty segmenter one; a re-run
+    changes nothing; --no-cam-fallback takes the segmenter's everywhere."""
+    from camlabel.records import Prediction
+    from tests.seg_factory import make_constant_segmenter
+
+    blind = make_constant_segmenter(tmp_path / "seg-blind", logit=-6.0)
+    ws = Workspace.init(tmp_path / "ws")
+    records, _ = ws.register_images(_images(tmp_path / "in", 2))
+    names = {Path(r.source_path).name: r.image_id for r in records}
+    lesion, normal = ws.lesion_classes[0], ws.classes[-1]
+    cam = Preannotation((SQUARE,), "gradcam", "cls-1", refine="lung+opacity")
+    with ws.ledger.transaction() as txn:
+        for name in names:
+            rec = txn.get(names[name])
+            assert rec is not None
+            pred = Prediction(lesion, 0.9, {lesion: 0.9, normal: 0.1}, "cls-1")
+            txn.put(rec.evolve(prediction=pred, preannotation=cam if name == "cxr0.png" else None))
+    args = ["preannotate", "-w", str(ws.root), "--from", "segmenter", str(blind), "--json"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["preannotated"], s["cam_fallback"], s["empty"]) == (2, 1, 1)
+    pre = {Path(x.source_path).name: x.preannotation for x in ws.ledger.all()}
+    kept, empty = pre["cxr0.png"], pre["cxr1.png"]
+    assert kept is not None and empty is not None
+    assert (kept.source, kept.polygons, kept.fallback_for) == ("gradcam", (SQUARE,), "seg-blind")
+    drawn = polygons_to_mask([PolygonPx.from_json(p) for p in kept.polygons], 40, 48)
+    assert drawn.sum() == 25 and drawn[1:6, 1:6].all()  # the CAM's square, unchanged
+    miss = binary_entropy_mean(np.full((2, 2), 0.0025)) + 0.9 * (1 - 0.0025)
+    assert kept.uncertainty == pytest.approx(miss, abs=1e-3)
+    assert (empty.source, empty.polygons, empty.fallback_for) == ("segmenter", (), None)
+    assert empty.uncertainty == pytest.approx(miss, abs=1e-3)
+    before = [x.to_json() for x in ws.ledger.all()]
+    again = json.loads(CliRunner().invoke(cli, args).stdout)
+    assert (again["preannotated"], again["unchanged"]) == (0, 2)
+    assert [x.to_json() for x in ws.ledger.all()] == before
+    r = CliRunner().invoke(cli, [*args, "--no-cam-fallback"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["cam_fallback"] == 0
+    pre = {Path(x.source_path).name: x.preannotation for x in ws.ledger.all()}
+    assert pre["cxr0.png"] is not None and pre["cxr0.png"].source == "segmenter"
+    assert pre["cxr0.png"].polygons == ()
