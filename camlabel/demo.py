@@ -340,8 +340,9 @@ def run_demo(
         log(
             f"round {key}: pre-annotation IoU vs truth median {_f(rnd['preannotation_iou_truth_median'])}, "
             f"{_pct(rnd['preannotation_iou_ge_0_8_share'])} at IoU >= 0.8 vs final masks, "
-            f"{_pct(rnd['accepted_unchanged_share'])} accepted unchanged, held-out lesion Dice after "
-            f"the round {_f(rnd['heldout_lesion_dice'])}"
+            f"{_pct(rnd['accepted_unchanged_share'])} accepted unchanged, final masks' Dice vs "
+            f"truth {_f(rnd['final_mask_dice_truth_mean'])}, held-out lesion Dice after the round "
+            f"{_f(rnd['heldout_lesion_dice'])}"
         )
     return summary
 
@@ -494,13 +495,15 @@ def _round_summary(
     heldout_dice: dict[str, float | None],
 ) -> dict[str, dict[str, Any]]:
     """Per round: pre-annotation IoU against the phantoms' TRUE lesion (median, mean, n),
-    beside the workspace's effort telemetry (vs the final masks) and the held-out lesion Dice
-    of the U-Net trained after the round."""
-    from camlabel.geometry import iou
+    beside the workspace's effort telemetry (vs the final masks), the final masks' own Dice
+    against the true lesion (what the U-Net learns from: a ceiling for its held-out Dice), and
+    the held-out lesion Dice of the U-Net trained after the round."""
+    from camlabel.geometry import dice, iou
     from camlabel.imaging import read_mask_png
     from camlabel.loop import preannotation_mask
 
     by_round: dict[str, list[float]] = {}
+    mask_dice: dict[str, list[float]] = {}
     for rec in ws.ledger.all():
         job = rec.jobs.get("labelstudio")
         row = truth.get(rec.source_path)
@@ -509,6 +512,9 @@ def _round_summary(
         lesion = read_mask_png(row["lesion_mask"])
         if row["label"] in ws.lesion_classes and lesion.any():
             by_round.setdefault(str(job.round), []).append(iou(preannotation_mask(rec), lesion))
+            if rec.mask is not None:
+                final = read_mask_png(ws.abs(rec.mask.path))
+                mask_dice.setdefault(str(job.round), []).append(dice(final, lesion))
     out = {}
     for key in sorted(set(by_round) | set(heldout_dice) | set(telemetry)):
         tel = telemetry.get(key) or {}
@@ -528,6 +534,9 @@ def _round_summary(
             "accepted_unchanged_share": tel.get("accepted_unchanged_share"),
             "edited_area": tel.get("edited_area"),
             "lead_time_s_median": tel.get("lead_time_s_median"),
+            "final_mask_dice_truth_mean": (
+                float(np.mean(mask_dice[key])) if mask_dice.get(key) else None
+            ),
             "heldout_lesion_dice": heldout_dice.get(key),
         }
     return out

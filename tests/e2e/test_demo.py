@@ -79,6 +79,7 @@ def test_quick_demo_runs_the_loop_to_a_report(tmp_path: Path, artifacts_dir: Pat
         assert rnd["published"] == len(by_round[int(key)])
         assert rnd["heldout_lesion_dice"] is not None and 0.0 <= rnd["heldout_lesion_dice"] <= 1
         assert rnd["lesion_images"] >= 1
+        assert 0.0 <= rnd["final_mask_dice_truth_mean"] <= 1.0
         assert 0.0 <= rnd["preannotation_iou_truth_median"] <= 1.0
     sources2 = summary["rounds"]["2"]["sources"]
     assert sum(sources2.values()) == 10
