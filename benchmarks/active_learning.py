@@ -18,8 +18,11 @@ on synthetic phantoms (camlabel.phantoms), whose true lesion masks are known:
 
    - ``random``: the library's seeded draw (``--random-seeds`` draws);
    - ``uncertainty``: round 1's U-Net on every remaining candidate; its mean binary entropy
-     (camlabel.active.binary_entropy_mean of the probability map, as run_preannotate stores
-     it in ``Preannotation.uncertainty``);
+     (camlabel.active.binary_entropy_mean of the probability map, what run_preannotate stored
+     in ``Preannotation.uncertainty`` before the confident-miss term);
+   - ``uncertainty + miss``: the same plus P(lesion class) x (1 - the map's peak), with the
+     committee's classifier's probabilities (camlabel.active.segmenter_uncertainty, what
+     run_preannotate stores now);
    - ``committee``: the disagreement of the classifier ensemble's members
      (camlabel.active.committee_disagreement of ``Classifier.member_probabilities``, as
      run_gradcam stores them in ``Prediction.members``), from a small ensemble trained with
@@ -162,9 +165,15 @@ def _heldout_dice(model_dir: Path, held: Sequence[Candidate]) -> list[float]:
     ]
 
 
-def _uncertainty_records(model_dir: Path, cands: Sequence[Candidate]) -> list[Any]:
-    """Records carrying round 1's U-Net uncertainty, as run_preannotate stores it."""
-    from camlabel.active import binary_entropy_mean
+def _uncertainty_records(
+    model_dir: Path,
+    cands: Sequence[Candidate],
+    lesion_probability: dict[str, float] | None = None,
+) -> list[Any]:
+    """Records carrying round 1's U-Net uncertainty: the mean binary entropy of its map, or,
+    with ``lesion_probability`` (image id -> the classifier's P(lesion class)), the entropy
+    plus the confident-miss term, as run_preannotate stores it (segmenter_uncertainty)."""
+    from camlabel.active import binary_entropy_mean, segmenter_uncertainty
     from camlabel.imaging import read_image
     from camlabel.models.segmenter import load_segmenter, segment_probability
     from camlabel.records import Preannotation
@@ -178,7 +187,14 @@ def _uncertainty_records(model_dir: Path, cands: Sequence[Candidate]) -> list[An
                 polygons=(),
                 source="segmenter",
                 model_version=seg.version,
-                uncertainty=round(binary_entropy_mean(p), 6),
+                uncertainty=round(
+                    binary_entropy_mean(p)
+                    if lesion_probability is None
+                    else segmenter_uncertainty(
+                        p, float(p.max()), lesion_probability[c.record.image_id]
+                    ),
+                    6,
+                ),
             ),
         )
         for c, p in zip(cands, probs, strict=True)
@@ -360,10 +376,22 @@ def main() -> int:
         timings["uncertainty_scoring_s"] = time.perf_counter() - t
         if not args.no_committee:
             t = time.perf_counter()
-            picks["committee"] = select_images(
-                _committee_records(pool, work, rest, args), args.select, "committee"
-            )
+            committee = _committee_records(pool, work, rest, args)
+            picks["committee"] = select_images(committee, args.select, "committee")
             timings["committee_scoring_s"] = time.perf_counter() - t
+            # the same classifier's P(lesion class) turns pixel entropy into the demo's
+            # uncertainty: + P(lesion) x (1 - the map's peak), the confident-miss term
+            p_lesion = {
+                r.image_id: sum(
+                    v for k, v in r.prediction.probabilities.items() if k in LESION_CLASSES
+                )
+                for r in committee
+            }
+            picks["uncertainty + miss"] = select_images(
+                _uncertainty_records(r1_dir / "model.keras", rest, p_lesion),
+                args.select,
+                "uncertainty",
+            )
 
         results: dict[str, dict[str, Any]] = {
             "round 1 (seed set only)": {
