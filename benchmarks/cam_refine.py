@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=180)
     ap.add_argument("--cam-method", default="gradcam")
     ap.add_argument("--fusion", default="contribution")
+    ap.add_argument(
+        "--cam-layers",
+        default=None,
+        help="comma-separated CAM layers, one per ensemble member (default: the model's own; "
+        "e.g. pool3_relu,top_activation,vggs_block3_conv2 for a stride-8 DenseNet-s map)",
+    )
     ap.add_argument("--refinements", default="none,lung,grabcut,lung+grabcut,lung+opacity")
     ap.add_argument("--thresholds", default="0.5,0.3,otsu")
     ap.add_argument("--lung-model", type=Path, default=None)
@@ -198,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         lung_s = 0.0
 
     batch = np.stack(xs)
-    cam = get_cam_method(args.cam_method)(clf.model, clf.cam_layers, fusion=args.fusion)
+    layers = args.cam_layers.split(",") if args.cam_layers else clf.cam_layers
+    cam = get_cam_method(args.cam_method)(clf.model, layers, fusion=args.fusion)
     cam(batch[:2])  # tracing, not timed
     t = time.perf_counter()
     res = cam(batch)
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(rows)
     print(
         f"{n} lesion phantoms ({args.data}); model {clf.model_version}; {args.cam_method} "
+        f"{','.join(layers)} "
         f"{args.fusion}: {cam_s * 1e3:.1f} ms/image"
     )
     print(

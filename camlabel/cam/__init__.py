@@ -9,11 +9,13 @@ from __future__ import annotations
 from camlabel.cam.base import FUSIONS, BaseCAM, CamResult, fuse_maps, minmax
 from camlabel.cam.gradcam import GradCAM
 from camlabel.cam.gradcampp import GradCAMPlusPlus
+from camlabel.cam.layercam import LayerCAM
 from camlabel.errors import ModelError
 
 CAM_METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
     "gradcampp": GradCAMPlusPlus,
+    "layercam": LayerCAM,
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "CamResult",
     "GradCAM",
     "GradCAMPlusPlus",
+    "LayerCAM",
     "fuse_maps",
     "get_cam_method",
     "minmax",

@@ -22,7 +22,7 @@ from camlabel.config import DEFAULT_SEED
 
 # CAM method and fusion names are listed here (not imported) so that --help stays light;
 # tests check they match camlabel.cam.CAM_METHODS / FUSIONS.
-CAM_METHOD_NAMES = ("gradcam", "gradcampp")
+CAM_METHOD_NAMES = ("gradcam", "gradcampp", "layercam")
 FUSION_NAMES = ("normalize-mean", "sum", "contribution")
 
 

@@ -18,7 +18,15 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from camlabel.cam import CAM_METHODS, FUSIONS, GradCAM, GradCAMPlusPlus, fuse_maps, get_cam_method  # noqa: E402
+from camlabel.cam import (  # noqa: E402
+    CAM_METHODS,
+    FUSIONS,
+    GradCAM,
+    GradCAMPlusPlus,
+    LayerCAM,
+    fuse_maps,
+    get_cam_method,
+)
 from camlabel.errors import ModelError  # noqa: E402
 
 SIZE = 64
@@ -209,14 +217,35 @@ def test_contribution_fusion_weighs_each_backbone_by_its_share_of_the_score() ->
     )
 
 
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["densenet121", "efficientnetb0", "vgg19"])
+def test_layercam_equals_tf_keras_vis_per_backbone(ensemble, images, index) -> None:  # type: ignore[no-untyped-def]
+    """LayerCAM: ReLU(sum_c ReLU(g_ij^c) A_ij^c), the reference implementation's map."""
+    from tf_keras_vis.layercam import Layercam
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    targets = [1, 2, 0]
+    mine = LayerCAM(ensemble)(images, targets=targets)
+    ref = Layercam(_logit_model(ensemble), clone=False)(
+        CategoricalScore(targets),
+        images,
+        penultimate_layer=ensemble.cam_layers[index],
+        seek_penultimate_conv_layer=False,
+        expand_cam=False,
+        normalize_cam=False,
+    )
+    _assert_close(mine.layer_maps[index], np.asarray(ref))
+
+
 def test_registry_lists_valid_names_and_cli_agrees() -> None:
     from camlabel.cli.classify import CAM_METHOD_NAMES, FUSION_NAMES
 
-    assert set(CAM_METHODS) == {"gradcam", "gradcampp"} == set(CAM_METHOD_NAMES)
+    assert set(CAM_METHODS) == {"gradcam", "gradcampp", "layercam"} == set(CAM_METHOD_NAMES)
     assert tuple(FUSIONS) == FUSION_NAMES
     for name, cls in CAM_METHODS.items():
         assert cls.name == name and get_cam_method(name) is cls
-    with pytest.raises(ModelError, match=r"supported methods: \['gradcam', 'gradcampp'\]"):
+    with pytest.raises(
+        ModelError, match=r"supported methods: \['gradcam', 'gradcampp', 'layercam'\]"
+    ):
         get_cam_method("scorecam")
 
 
