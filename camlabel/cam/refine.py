@@ -19,7 +19,7 @@ in :data:`REFINEMENTS`; an unknown name lists the valid ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -239,6 +239,33 @@ REFINEMENTS: dict[str, Refinement] = {
 #: the refinements that use a lung field -> what each one does without one
 LUNG_FREE = {"lung": "none", "lung+grabcut": "grabcut", "lung+opacity": "none"}
 NEEDS_LUNG = frozenset(LUNG_FREE)
+
+
+def calibrate_threshold(
+    samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]],
+    *,
+    method: str = "lung",
+    grid: Sequence[float] = tuple(np.round(np.arange(0.1, 0.91, 0.05), 2)),
+) -> tuple[float, float]:
+    """The threshold of ``method`` that maximizes the mean IoU with what annotators returned.
+
+    ``samples`` are ``(heat, image, lung or None, final mask)`` of one class (the previous
+    round's masks); returns ``(threshold, its mean IoU)``, the lowest threshold on ties. For the
+    refinements that take a threshold (``none``, ``lung``).
+    """
+    from camlabel.geometry import iou
+
+    if not samples:
+        raise UsageError("threshold calibration needs at least one annotated image")
+    refine = get_refinement(method)
+    best = (float(grid[0]), -1.0)
+    for t in grid:
+        mean = float(
+            np.mean([iou(refine(h, img, lung, float(t)), m) for h, img, lung, m in samples])
+        )
+        if mean > best[1] + 1e-12:
+            best = (float(t), mean)
+    return best
 
 
 def get_refinement(name: str) -> Refinement:

@@ -144,3 +144,21 @@ def test_region_saliency_of_an_empty_region_or_a_cold_map_is_zero() -> None:
     assert not region_saliency(np.zeros((10, 10)), region).any()
     with pytest.raises(UsageError, match=r"heatmap's shape \(10, 10\)"):
         region_saliency(heat, np.ones((5, 5), bool))
+
+
+def test_threshold_calibration_finds_the_cut_that_matches_the_annotators() -> None:
+    """A radial map whose level 0.7 outlines the annotated disc: calibration returns 0.7, and
+    the map cut there reproduces the disc (mean IoU ~1); 0.5 would draw a wider blob."""
+    from camlabel.cam.refine import calibrate_threshold
+
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 30)
+    heat = np.clip(1.0 - r / 40.0, 0, None).astype(np.float32)  # 0.7 at r = 12
+    disc = r <= 12
+    image = np.zeros((64, 64), np.uint8)
+    t, mean_iou = calibrate_threshold([(heat, image, None, disc)] * 3, method="none")
+    assert t == pytest.approx(0.7)
+    assert mean_iou > 0.95
+    assert iou(refine_cam(heat, image, method="none", threshold=0.5), disc) < 0.6
+    with pytest.raises(UsageError, match="at least one annotated image"):
+        calibrate_threshold([], method="none")
