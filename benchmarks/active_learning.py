@@ -168,12 +168,12 @@ def _heldout_dice(model_dir: Path, held: Sequence[Candidate]) -> list[float]:
 def _uncertainty_records(
     model_dir: Path,
     cands: Sequence[Candidate],
-    lesion_probability: dict[str, float] | None = None,
+    p_lesion: dict[str, float | None] | None = None,
 ) -> list[Any]:
     """Records carrying round 1's U-Net uncertainty: the mean binary entropy of its map, or,
-    with ``lesion_probability`` (image id -> the classifier's P(lesion class)), the entropy
+    with ``p_lesion`` (image id -> the classifier's P(lesion class)), the entropy
     plus the confident-miss term, as run_preannotate stores it (segmenter_uncertainty)."""
-    from camlabel.active import binary_entropy_mean, segmenter_uncertainty
+    from camlabel.active import segmenter_uncertainty
     from camlabel.imaging import read_image
     from camlabel.models.segmenter import load_segmenter, segment_probability
     from camlabel.records import Preannotation
@@ -187,11 +187,10 @@ def _uncertainty_records(
                 polygons=(),
                 source="segmenter",
                 model_version=seg.version,
+                # without p_lesion: the entropy alone (segmenter_uncertainty's None case)
                 uncertainty=round(
-                    binary_entropy_mean(p)
-                    if lesion_probability is None
-                    else segmenter_uncertainty(
-                        p, float(p.max()), lesion_probability[c.record.image_id]
+                    segmenter_uncertainty(
+                        p, float(p.max()), (p_lesion or {}).get(c.record.image_id)
                     ),
                     6,
                 ),
@@ -326,7 +325,7 @@ def main() -> int:
 
     import numpy as np
 
-    from camlabel.active import select_images
+    from camlabel.active import lesion_probability, select_images
     from camlabel.phantoms import generate_phantoms
 
     t_start = time.perf_counter()
@@ -382,10 +381,7 @@ def main() -> int:
             # the same classifier's P(lesion class) turns pixel entropy into the demo's
             # uncertainty: + P(lesion) x (1 - the map's peak), the confident-miss term
             p_lesion = {
-                r.image_id: sum(
-                    v for k, v in r.prediction.probabilities.items() if k in LESION_CLASSES
-                )
-                for r in committee
+                r.image_id: lesion_probability(r.prediction, LESION_CLASSES) for r in committee
             }
             picks["uncertainty + miss"] = select_images(
                 _uncertainty_records(r1_dir / "model.keras", rest, p_lesion),

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from camlabel.errors import UsageError
-from camlabel.records import ImageRecord
+from camlabel.records import ImageRecord, Prediction
 
 Scorer = Callable[[ImageRecord, np.random.Generator], "float | None"]
 
@@ -68,6 +68,16 @@ def segmenter_uncertainty(
     if lesion_probability is not None:
         u += float(np.clip(lesion_probability, 0.0, 1.0)) * (1.0 - float(np.clip(peak, 0.0, 1.0)))
     return u
+
+
+def lesion_probability(
+    prediction: Prediction | None, lesion_classes: Iterable[str]
+) -> float | None:
+    """The classifier's probability that an image shows a lesion: the sum over the lesion
+    classes (None without a prediction), the weight of :func:`segmenter_uncertainty`'s miss term."""
+    if prediction is None:
+        return None
+    return float(sum(prediction.probabilities.get(c, 0.0) for c in set(lesion_classes)))
 
 
 def committee_disagreement(members: Sequence[Mapping[str, float]]) -> float:

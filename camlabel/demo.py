@@ -361,8 +361,8 @@ def _pointing_game(ws: Workspace, truth: dict[str, dict[str, str]]) -> dict[str,
       stride-16 map often peaks on its rim.
     """
     from camlabel.cam.refine import region_saliency
-    from camlabel.geometry import PolygonPx, polygons_to_mask
     from camlabel.imaging import read_mask_png
+    from camlabel.loop import preannotation_mask
     from camlabel.preannotate import load_heatmap
 
     raw = refined = rim = n = 0
@@ -378,10 +378,8 @@ def _pointing_game(ws: Workspace, truth: dict[str, dict[str, str]]) -> dict[str,
         n += 1
         r, c = np.unravel_index(int(np.argmax(hm)), hm.shape)
         raw += bool(lesion[r, c])
-        pre = rec.preannotation
-        polys = [PolygonPx.from_json(p) for p in pre.polygons] if pre is not None else []
-        region = polygons_to_mask(polys, rec.height, rec.width) if polys else None
-        if region is not None and region.shape == hm.shape and region.any():
+        region = preannotation_mask(rec)  # empty without a pre-annotation
+        if region.shape == hm.shape and region.any():
             r, c = np.unravel_index(int(np.argmax(np.where(region, hm, -np.inf))), hm.shape)
             rim += bool(lesion[r, c])
             sal = region_saliency(hm, region)
@@ -542,12 +540,21 @@ def _round_summary(
     return out
 
 
+def _lesion_dice(prob: np.ndarray, threshold: float, row: dict[str, str]) -> tuple[float, float]:
+    """A segmenter map's Dice with a phantom's true lesion: ``(within its lung field, over the
+    whole image)``; the first is what ``camlabel predict --lung-masks`` delivers."""
+    from camlabel.geometry import dice
+    from camlabel.imaging import read_mask_png
+
+    mask, true = prob >= threshold, read_mask_png(row["lesion_mask"])
+    return dice(mask & read_mask_png(row["lung_mask"]), true), dice(mask, true)
+
+
 def _heldout_dice(
     ws: Workspace, segmenter: Path, held_truth: dict[str, dict[str, str]]
 ) -> float | None:
     """Mean lesion Dice of ``segmenter`` on the held-out lesion phantoms (no classifier gate),
     its mask restricted to the lung field as ``camlabel predict --lung-masks`` does."""
-    from camlabel.geometry import dice
     from camlabel.imaging import read_image, read_mask_png
     from camlabel.models.segmenter import load_segmenter, segment_probability
 
@@ -561,15 +568,7 @@ def _heldout_dice(
         return None
     probs = segment_probability(seg, [read_image(r["file"]) for r in rows])
     return float(
-        np.mean(
-            [
-                dice(
-                    (p >= seg.threshold) & read_mask_png(r["lung_mask"]),
-                    read_mask_png(r["lesion_mask"]),
-                )
-                for p, r in zip(probs, rows, strict=True)
-            ]
-        )
+        np.mean([_lesion_dice(p, seg.threshold, r)[0] for p, r in zip(probs, rows, strict=True)])
     )
 
 
@@ -665,8 +664,7 @@ def _heldout(
         d_seg = d_whole = None
         if is_lesion:
             prob = segment_probability(seg, [read_image(src)])[0]
-            d_whole = dice(prob >= seg.threshold, true)
-            d_seg = dice((prob >= seg.threshold) & read_mask_png(row["lung_mask"]), true)
+            d_seg, d_whole = _lesion_dice(prob, seg.threshold, row)
             seg_dices.append(d_seg)
             whole_dices.append(d_whole)
             pipe_dices.append(d_pipe)

@@ -133,3 +133,16 @@ class LungFields:
             field_ = lung_field(prob >= self.model.threshold)
             return field_, "segmenter", f"segmenter:{self.model.path}"
         return None, None, None
+
+    def restrict(
+        self, probability: np.ndarray, relpath: str, image: LoadedImage
+    ) -> tuple[np.ndarray, str | None, str | None]:
+        """A lesion probability map set to 0 outside the image's lung field, with the field's
+        kind and source as :meth:`get` gives them; unchanged (kind and source None) where the
+        image has no lung field, an empty one, or one of another shape."""
+        if not self.available:
+            return probability, None, None
+        lung, kind, source = self.get(relpath, image)
+        if lung is None or lung.shape != probability.shape or not lung.any():
+            return probability, None, None
+        return np.where(lung, probability, 0.0), kind, source

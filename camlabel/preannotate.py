@@ -768,7 +768,7 @@ def _segmenter_preannotations(
     """The segmenter's pre-annotations; with a lung field (``lungs``: lung masks or a lung
     segmenter) its map is restricted to the lungs first (``refine="lung"``), as lesions lie in
     them; an image without a lung field keeps the whole map (``refine=None``)."""
-    from camlabel.active import segmenter_uncertainty
+    from camlabel.active import lesion_probability, segmenter_uncertainty
     from camlabel.imaging import read_image
     from camlabel.models.segmenter import load_segmenter, segment_probability
     from camlabel.progress import progress_bar
@@ -802,12 +802,9 @@ def _segmenter_preannotations(
                     summary.failures.append((rec.source_path, exc.message))
             probs = segment_probability(seg, [img for _, img in loaded], batch_size=step)
             for (rec, img), whole in zip(loaded, probs, strict=True):
-                prob, refine = whole, None
-                if lungs.available:
-                    relpath = relpaths.get(rec.source_path, Path(rec.source_path).name)
-                    lung, _, _ = lungs.get(relpath, img)
-                    if lung is not None and lung.shape == prob.shape and lung.any():
-                        prob, refine = np.where(lung, prob, 0.0), "lung"
+                relpath = relpaths.get(rec.source_path, Path(rec.source_path).name)
+                prob, kind, _ = lungs.restrict(whole, relpath, img)
+                refine = "lung" if kind is not None else None
                 pre = preannotation_from_map(
                     prob,
                     settings=settings,
@@ -816,11 +813,7 @@ def _segmenter_preannotations(
                     score=float(prob.max()) if prob.size else None,
                     absolute=True,
                 )
-                p_lesion = (
-                    sum(rec.prediction.probabilities.get(c, 0.0) for c in lesion)
-                    if rec.prediction is not None
-                    else None
-                )
+                p_lesion = lesion_probability(rec.prediction, lesion)
                 u = round(segmenter_uncertainty(whole, pre.score or 0.0, p_lesion), 6)
                 cam = rec.preannotation
                 if (

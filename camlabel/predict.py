@@ -176,13 +176,9 @@ def predict(
                     "lung_field_source": None,
                 }
                 if i in prob_of:
-                    prob = prob_of[i]
-                    if lungs.available:
-                        rel = relpaths.get(safe_resolve(path), path.name)
-                        lung, kind, source = lungs.get(rel, img)
-                        if lung is not None and lung.any():
-                            prob = np.where(lung, prob, 0.0)
-                            record.update(lung_field=kind, lung_field_source=source)
+                    rel = relpaths.get(safe_resolve(path), path.name)
+                    prob, kind, source = lungs.restrict(prob_of[i], rel, img)
+                    record.update(lung_field=kind, lung_field_source=source)
                     mask = prob >= thr
                     mask_path = out / f"{stem}.mask.png"
                     write_png_atomic(mask_path, mask.astype(np.uint8) * 255)

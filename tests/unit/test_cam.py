@@ -68,8 +68,32 @@ def gradcampp_result(ensemble: keras.Model, images: np.ndarray):  # type: ignore
     return GradCAMPlusPlus(ensemble)(images, targets=[2, 0, 1])
 
 
+@pytest.fixture(scope="module")
+def layercam_result(ensemble: keras.Model, images: np.ndarray):  # type: ignore[no-untyped-def]
+    return LayerCAM(ensemble)(images, targets=[1, 2, 0])
+
+
 def _logit_model(ensemble: keras.Model) -> keras.Model:
     return keras.Model(ensemble.inputs, ensemble.get_layer("logits").output)
+
+
+def _reference_map(
+    method: type, ensemble: keras.Model, images: np.ndarray, targets: list[int], index: int
+) -> np.ndarray:
+    """tf-keras-vis' map (class ``method``: Gradcam, GradcamPlusPlus, Layercam) of the
+    ensemble's ``index``-th CAM layer, unnormalized at the layer's resolution."""
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    return np.asarray(
+        method(_logit_model(ensemble), clone=False)(
+            CategoricalScore(targets),
+            images,
+            penultimate_layer=ensemble.cam_layers[index],
+            seek_penultimate_conv_layer=False,
+            expand_cam=False,
+            normalize_cam=False,
+        )
+    )
 
 
 def _assert_close(mine: np.ndarray, ref: np.ndarray) -> None:
@@ -87,18 +111,9 @@ def _assert_close(mine: np.ndarray, ref: np.ndarray) -> None:
 )
 def test_gradcam_equals_tf_keras_vis_per_backbone(ensemble, images, gradcam_result, index) -> None:  # type: ignore[no-untyped-def]
     from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.utils.scores import CategoricalScore
 
-    layer = ensemble.cam_layers[index]
-    ref = Gradcam(_logit_model(ensemble), clone=False)(
-        CategoricalScore([0, 1, 2]),
-        images,
-        penultimate_layer=layer,
-        seek_penultimate_conv_layer=False,
-        expand_cam=False,
-        normalize_cam=False,
-    )
-    _assert_close(gradcam_result.layer_maps[index], np.asarray(ref))
+    ref = _reference_map(Gradcam, ensemble, images, [0, 1, 2], index)
+    _assert_close(gradcam_result.layer_maps[index], ref)
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["densenet121", "efficientnetb0", "vgg19"])
@@ -106,20 +121,23 @@ def test_gradcampp_equals_tf_keras_vis_per_backbone(
     ensemble, images, gradcampp_result, index
 ) -> None:  # type: ignore[no-untyped-def]
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.utils.scores import CategoricalScore
 
     targets = [2, 0, 1]
-    ref = GradcamPlusPlus(_logit_model(ensemble), clone=False)(
-        CategoricalScore(targets),
-        images,
-        penultimate_layer=ensemble.cam_layers[index],
-        seek_penultimate_conv_layer=False,
-        expand_cam=False,
-        normalize_cam=False,
-    )
+    ref = _reference_map(GradcamPlusPlus, ensemble, images, targets, index)
     # tf-keras-vis keeps the paper's exp(score) factor; camlabel drops it (see gradcampp.py).
     factor = np.exp(gradcampp_result.scores[np.arange(3), targets])[:, None, None]
-    _assert_close(gradcampp_result.layer_maps[index] * factor, np.asarray(ref))
+    _assert_close(gradcampp_result.layer_maps[index] * factor, ref)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["densenet121", "efficientnetb0", "vgg19"])
+def test_layercam_equals_tf_keras_vis_per_backbone(
+    ensemble, images, layercam_result, index
+) -> None:  # type: ignore[no-untyped-def]
+    """LayerCAM: ReLU(sum_c ReLU(g_ij^c) A_ij^c), the reference implementation's map."""
+    from tf_keras_vis.layercam import Layercam
+
+    ref = _reference_map(Layercam, ensemble, images, [1, 2, 0], index)
+    _assert_close(layercam_result.layer_maps[index], ref)
 
 
 def test_fused_heatmap_is_normalized_upsampled_mean(ensemble, gradcam_result) -> None:  # type: ignore[no-untyped-def]
@@ -215,25 +233,6 @@ def test_contribution_fusion_weighs_each_backbone_by_its_share_of_the_score() ->
         np.asarray(keras.Model(inp, head.output)(x))[:, 0],
         rtol=1e-4,
     )
-
-
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["densenet121", "efficientnetb0", "vgg19"])
-def test_layercam_equals_tf_keras_vis_per_backbone(ensemble, images, index) -> None:  # type: ignore[no-untyped-def]
-    """LayerCAM: ReLU(sum_c ReLU(g_ij^c) A_ij^c), the reference implementation's map."""
-    from tf_keras_vis.layercam import Layercam
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    targets = [1, 2, 0]
-    mine = LayerCAM(ensemble)(images, targets=targets)
-    ref = Layercam(_logit_model(ensemble), clone=False)(
-        CategoricalScore(targets),
-        images,
-        penultimate_layer=ensemble.cam_layers[index],
-        seek_penultimate_conv_layer=False,
-        expand_cam=False,
-        normalize_cam=False,
-    )
-    _assert_close(mine.layer_maps[index], np.asarray(ref))
 
 
 def test_registry_lists_valid_names_and_cli_agrees() -> None:
